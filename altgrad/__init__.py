@@ -1,0 +1,3 @@
+"""altgrad: which 8-bit float format gains most from geometry-aware weight updates, and why."""
+
+__version__ = "0.1.0"
