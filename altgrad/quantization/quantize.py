@@ -1,0 +1,299 @@
+"""Round float32 tensors onto a format's grid, and convert between values and bit codes.
+
+`quantize` is a handful of whole-tensor torch ops on one result buffer and one scratch
+buffer (no per-element Python, no host syncs), so it runs the same on CPU and CUDA and
+traces cleanly under torch.compile. Two exact rounding mechanisms, chosen per format:
+
+* narrow formats (every FP8/FP6/FP4 here): round |x| to the step 2^(max(e, emin) - M) of its
+  binade by adding and subtracting C = 2^(max(e, emin) + 23 - M). float32's own addition
+  rounds to nearest-even at exactly that step, subnormals included, so ties are exact.
+* formats whose subnormals coincide with float32's (emin = -126: bf16, e8m0): round the
+  float32 bit pattern directly (add half-step-minus-one plus the kept LSB, then truncate).
+
+Stochastic rounding adds uniform random bits below the kept mantissa and truncates, which
+picks the upper neighbour with probability exactly (distance to lower) / step. Values in
+the subnormal range are first shifted up by 2^emin, where float32's step is the format's
+subnormal step, so one truncation serves both ranges; the shift itself rounds |x| to
+2^(emin - 23), which bounds the bias by 2^(M - 23) of a step (invisible at 8 bits).
+
+Deliberate difference from ml_dtypes: with `saturate=True` (the default, as in training
+recipes) overflow clamps to ±max instead of becoming inf/NaN; `saturate=False` follows the
+format's own rule (ieee: inf, fn: NaN, none: there is no special, so it still saturates).
+Unsigned formats map negative inputs to 0 (saturate) or NaN. With no mantissa bits (e7m0,
+e8m0) there is no mantissa bit to make even: ties round away from zero (1.5 * 2^k to
+2^(k+1), the nearer neighbour in log space), as ml_dtypes does for float8_e8m0fnu.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from .formats import FloatFormat, get_format
+
+_EXP_MASK = 0x7F800000
+_MAG_MASK = 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class _RoundingPlan:
+    """Per-format constants for the rounding kernels, computed once."""
+
+    int_path: bool  # round the float32 bit pattern directly (emin == -126 formats)
+    drop: int  # float32 mantissa bits dropped in the normal range: 23 - M
+    c_lo: int  # bits of 2^emin: smallest binade the magic constant may take
+    c_hi: int  # bits of 2^(exponent of max): largest binade (E = 0: all values share emin's step)
+    max_value: float
+    min_normal: float
+    normal_threshold: float  # midpoint below min_normal: results above it are normal
+    fix_nan: bool  # bit arithmetic can turn a NaN into inf or a number: restore it
+
+
+@lru_cache(maxsize=None)
+def _plan(fmt: FloatFormat) -> _RoundingPlan:
+    drop = 23 - fmt.man_bits
+    top_exp = math.frexp(fmt.max_value)[1] - 1
+    magic_fits = top_exp + drop <= 127 and fmt.emin >= -126
+    if not magic_fits and fmt.emin != -126:
+        raise ValueError(f"{fmt.name}: no exact float32 rounding for this bias ({fmt.bias})")
+    return _RoundingPlan(
+        int_path=not magic_fits,
+        drop=drop,
+        c_lo=(fmt.emin + 127) << 23,
+        c_hi=(max(top_exp, fmt.emin) + 127) << 23,
+        max_value=fmt.max_value,
+        min_normal=fmt.min_normal,
+        normal_threshold=fmt.min_normal - fmt.min_subnormal / 2,
+        # The magic-constant path keeps NaN quiet (bit 22 set) through float ops, which
+        # survives truncation unless M = 0; the bit-pattern path sees raw NaN payloads.
+        fix_nan=not magic_fits or fmt.man_bits == 0,
+    )
+
+
+class QuantStats:
+    """What quantization did to the values it saw: running counts kept as device tensors.
+
+    Counting adds no host sync; read `rates()` / `counts()` when logging (that syncs once).
+    overflow  = inputs beyond ±max, inf included (saturated, or inf/NaN when not saturating)
+    underflow = non-zero inputs that became zero
+    subnormal = results in the subnormal range (non-zero, below min_normal)
+    nonfinite = NaN or inf inputs
+    `histogram=True` also keeps a 256-bin histogram of the codes produced (formats <= 8 bits).
+    """
+
+    FIELDS = ("total", "overflow", "underflow", "subnormal", "nonfinite")
+
+    def __init__(self, histogram: bool = False, device: torch.device | str | None = None):
+        self.want_histogram = histogram
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        for name in self.FIELDS:
+            setattr(self, name, torch.zeros((), dtype=torch.int64, device=self.device))
+        self.histogram = torch.zeros(256, dtype=torch.int64, device=self.device) if self.want_histogram else None
+
+    def counts(self) -> dict[str, int]:
+        return {name: int(getattr(self, name)) for name in self.FIELDS}
+
+    def rates(self) -> dict[str, float]:
+        c = self.counts()
+        n = max(c.pop("total"), 1)
+        return {f"{name}_rate": value / n for name, value in c.items()}
+
+    def merge_(self, other: "QuantStats") -> "QuantStats":
+        for name in self.FIELDS:
+            getattr(self, name).add_(getattr(other, name).to(getattr(self, name).device))
+        if self.histogram is not None and other.histogram is not None:
+            self.histogram.add_(other.histogram.to(self.histogram.device))
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {name: getattr(self, name).clone() for name in self.FIELDS}
+        if self.histogram is not None:
+            state["histogram"] = self.histogram.clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name in self.FIELDS:
+            getattr(self, name).copy_(state[name])
+        if self.histogram is not None and "histogram" in state:
+            self.histogram.copy_(state["histogram"])
+
+    def _count(self, x: torch.Tensor, magnitude: torch.Tensor, plan: _RoundingPlan, scratch: torch.Tensor) -> None:
+        """Update counts from the input and the rounded, not yet saturated |result|.
+
+        Each count is one comparison written into the float scratch buffer plus
+        count_nonzero on its bit view (faster than bool tensors on CPU). NaN compares
+        unequal to everything and never less-or-equal, which the arithmetic below uses.
+        """
+        bits = scratch.view(torch.int32)
+
+        def count(op, tensor, threshold):
+            op(tensor, threshold, out=scratch)
+            return torch.count_nonzero(bits)
+
+        n = x.numel()
+        nonzero_in = count(torch.ne, x, 0.0)  # NaN included
+        nonzero_out = count(torch.ne, magnitude, 0.0)  # NaN included: cancels in underflow
+        zero_or_subnormal = count(torch.le, magnitude, plan.normal_threshold)
+        saturated = count(torch.gt, magnitude, plan.max_value)  # finite overflow and inf
+        finite = count(torch.le, magnitude, torch.finfo(torch.float32).max)
+        self.total.add_(n)
+        self.underflow.add_(nonzero_in - nonzero_out)
+        self.subnormal.add_(zero_or_subnormal - (n - nonzero_out))
+        self.overflow.add_(saturated)
+        self.nonfinite.add_(n - finite)
+
+
+def quantize(
+    x: torch.Tensor,
+    fmt: FloatFormat | str,
+    rounding: str = "nearest",
+    saturate: bool = True,
+    generator: torch.Generator | None = None,
+    *,
+    stats: QuantStats | None = None,
+) -> torch.Tensor:
+    """Round `x` to the nearest value of `fmt` (float32 result on x's device).
+
+    rounding="nearest": round half to even, exact at ties; "stochastic": one of the two
+    neighbours, the upper with probability (x - lower) / step, from `generator` (or the
+    global RNG of x's device). NaN stays NaN, ±0 keep their sign, subnormals are kept.
+    """
+    fmt = get_format(fmt)
+    if rounding not in ("nearest", "stochastic"):
+        raise ValueError(f"rounding must be 'nearest' or 'stochastic', got {rounding!r}")
+    if stats is not None and stats.histogram is not None and fmt.bits > 8:
+        raise ValueError(f"{fmt.name}: a code histogram needs a format of at most 8 bits")
+    x = x.detach().to(torch.float32).contiguous()
+    plan = _plan(fmt)
+    if plan.int_path:
+        result = _round_bits(x, plan, rounding, generator)
+        if stats is not None:
+            magnitude, scratch = result.abs(), torch.empty_like(x)
+    else:
+        magnitude, scratch = _round_magnitude(x, plan, rounding, generator)
+        result = magnitude
+    if plan.fix_nan:
+        result.masked_fill_(torch.isnan(x), math.nan)
+    if fmt.man_bits == 0 and not plan.int_path and rounding == "nearest":
+        # the magic constant sends the one tie at the bottom (half of min) to 0: away from zero instead
+        result.masked_fill_(x.abs() == fmt.min_subnormal / 2, fmt.min_subnormal)
+    if stats is not None:
+        stats._count(x, magnitude, plan, scratch)
+    if saturate or fmt.specials == "none":
+        result.clamp_(-plan.max_value, plan.max_value)
+    else:
+        result.masked_fill_(result.abs() > plan.max_value, math.inf if fmt.has_inf else math.nan)
+    if not plan.int_path or (fmt.has_inf and not saturate):
+        result.copysign_(x)
+    if not fmt.signed:
+        result.masked_fill_(x < 0, 0.0 if saturate else math.nan)
+    if stats is not None and stats.histogram is not None:
+        stats.histogram.add_(torch.bincount(_encode_grid_values(result, fmt).flatten().long(), minlength=256))
+    return result
+
+
+def _random_low_bits(like: torch.Tensor, drop: int, generator: torch.Generator | None) -> torch.Tensor:
+    noise = torch.empty(like.shape, dtype=torch.int32, device=like.device).random_(generator=generator)
+    return noise.bitwise_and_((1 << drop) - 1)
+
+
+def _round_magnitude(x, plan, rounding, generator):
+    """Narrow formats: returns (|x| rounded, not yet saturated; a free scratch buffer)."""
+    magnitude = torch.abs(x)
+    bits = magnitude.view(torch.int32)
+    if rounding == "nearest":
+        # C = 2^(binade + 23 - M): float32's ulp at C is the format's step at |x|.
+        c_bits = torch.bitwise_and(bits, _EXP_MASK)
+        c_bits.clamp_(plan.c_lo, plan.c_hi).add_(plan.drop << 23)
+        c = c_bits.view(torch.float32)
+        magnitude.add_(c).sub_(c)
+        return magnitude, c
+    # Shift the subnormal range up by 2^emin (offset = 2^emin where |x| < 2^emin, else 0).
+    offset = torch.clamp(magnitude, max=plan.min_normal)
+    offset.sub_(plan.min_normal).sign_().mul_(-plan.min_normal)
+    magnitude.add_(offset)
+    bits.add_(_random_low_bits(bits, plan.drop, generator)).bitwise_and_(~((1 << plan.drop) - 1))
+    magnitude.sub_(offset)
+    return magnitude, offset
+
+
+def _round_bits(x, plan, rounding, generator):
+    """Formats with float32's subnormals: round the signed bit pattern directly."""
+    bits = x.view(torch.int32)
+    if rounding == "nearest" and plan.drop == 23:  # M = 0: ties up (see module docstring)
+        out = bits + (1 << 22)
+    elif rounding == "nearest":
+        out = torch.bitwise_right_shift(bits, plan.drop).bitwise_and_(1)
+        out.add_((1 << (plan.drop - 1)) - 1).add_(bits)
+    else:
+        out = _random_low_bits(bits, plan.drop, generator).add_(bits)
+    return out.bitwise_and_(~((1 << plan.drop) - 1)).view(torch.float32)
+
+
+# --- codes -----------------------------------------------------------------------------
+
+
+def _code_dtype(fmt: FloatFormat) -> torch.dtype:
+    return torch.uint8 if fmt.bits <= 8 else torch.int32
+
+
+def _encode_grid_values(q: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
+    """Codes of values already on the grid (finite within ±max, or the format's specials)."""
+    m_bits, e_bits = fmt.man_bits, fmt.exp_bits
+    mag = q.abs()
+    exponent = torch.frexp(mag)[1] - 1  # floor(log2|q|) for q > 0
+    normal = mag >= fmt.min_normal
+    exp_field = torch.where(normal, exponent + fmt.bias, torch.zeros_like(exponent))
+    # mantissa field: |q| / step - (2^M if normal); exact because q is on the grid
+    step_exp = torch.where(normal, exponent, torch.full_like(exponent, fmt.emin)) - m_bits
+    man = torch.ldexp(mag.double(), -step_exp.double()).round().long() - torch.where(normal, 2**m_bits, 0)
+    code = (exp_field.long() << m_bits) | man
+    top = (2**e_bits - 1) << m_bits
+    if fmt.has_nan:
+        nan_code = top | (2**m_bits - 1) if fmt.specials == "fn" else top | (1 << (m_bits - 1))
+        code = torch.where(torch.isnan(q), torch.full_like(code, nan_code), code)
+    else:
+        code = torch.where(torch.isnan(q), torch.zeros_like(code), code)
+    if fmt.has_inf:
+        code = torch.where(torch.isinf(q), torch.full_like(code, top), code)
+    if fmt.signed:
+        code = code | (torch.signbit(q).long() << (e_bits + m_bits))
+    return code.to(_code_dtype(fmt))
+
+
+def encode(x: torch.Tensor, fmt: FloatFormat | str, saturate: bool = True) -> torch.Tensor:
+    """Bit patterns of x rounded to nearest-even (uint8 for formats of <= 8 bits, else int32).
+
+    Sign is the top bit of the format's width; narrower formats use the low bits of a byte.
+    NaN encodes as the format's NaN (ieee: s 11..1 10..0, fn: s 1..1) or, where the format
+    has none, as a zero with the NaN's sign bit (ml_dtypes also gives a zero code there).
+    """
+    fmt = get_format(fmt)
+    return _encode_grid_values(quantize(x, fmt, saturate=saturate), fmt)
+
+
+def decode(codes: torch.Tensor, fmt: FloatFormat | str) -> torch.Tensor:
+    """Float32 values of bit patterns (any integer dtype)."""
+    fmt = get_format(fmt)
+    c = codes.to(torch.int64)
+    m_bits, e_bits = fmt.man_bits, fmt.exp_bits
+    man = c & (2**m_bits - 1)
+    exp_field = (c >> m_bits) & (2**e_bits - 1)
+    normal = exp_field > 0
+    significand = torch.where(normal, man + 2**m_bits, man).double()
+    exponent = torch.where(normal, exp_field - fmt.bias, torch.full_like(exp_field, fmt.emin)) - m_bits
+    value = torch.ldexp(significand, exponent.double())
+    top = 2**e_bits - 1
+    if fmt.specials == "ieee" and e_bits > 0:
+        value = torch.where(exp_field == top, torch.where(man == 0, math.inf, math.nan), value)
+    elif fmt.specials == "fn":
+        value = torch.where((exp_field == top) & (man == 2**m_bits - 1), math.nan, value)
+    if fmt.signed:
+        value = torch.where(((c >> (e_bits + m_bits)) & 1).bool(), -value, value)
+    return value.to(torch.float32)
