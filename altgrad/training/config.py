@@ -1,0 +1,461 @@
+"""The run config: one training job, typed, validated, loaded from YAML.
+
+A run config is a tree of frozen dataclasses. Every field has a default, and the
+defaults describe the tiny CPU run (a few minutes on a laptop), so a YAML file only
+lists what it changes:
+
+    train:
+      lr: 3e-4
+    precision:
+      weight: e4m3
+      rules:
+        - {pattern: "*.attn.c_attn", recipe: {weight: e5m2}}
+        - {pattern: "*.mlp.c_proj", recipe: null}
+
+Validation is one mechanism driven by the dataclasses themselves: ``_build`` walks
+the fields and their type hints (bool, int, float, str, Literal choices, Optional,
+tuples of dataclasses, nested dataclasses), applies the numeric bounds stored in the
+field metadata, and then each dataclass's ``_problems`` method for checks that span
+fields (e.g. min_lr <= lr). Every problem is collected with its dotted path and all
+of them are raised together as one ``ConfigError``.
+
+Type rules: an int is accepted where a float is expected (and stored as a float, so
+``lr: 1`` and ``lr: 1.0`` hash the same); a bool is never accepted as a number and a
+number never as a bool; strings must be non-empty. YAML is read with floats resolved
+as in YAML 1.2, so ``lr: 3e-4`` is a number (plain PyYAML would make it a string).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+from altgrad.errors import AltgradError
+from altgrad.quantization import FORMAT_NAMES
+from altgrad.training.model import GPTConfig
+
+# A number format's registry name; "bf16" means "not quantized".
+Format = Literal[FORMAT_NAMES]  # type: ignore[valid-type]
+Rounding = Literal["nearest", "stochastic"]
+
+
+class ConfigError(AltgradError):
+    """A run config that cannot be used. ``problems`` lists every problem found."""
+
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = list(problems)
+        self.source = source
+        n = len(self.problems)
+        lines = [f"{source}: {n} problem{'' if n == 1 else 's'}"]
+        lines += [f"  - {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+def _f(default: Any, *, ge: float | None = None, gt: float | None = None,
+       le: float | None = None, lt: float | None = None) -> Any:
+    """A dataclass field with numeric bounds that validation enforces."""
+    bounds = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt).items() if v is not None}
+    return field(default=default, metadata={"bounds": bounds})
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the tokenized corpus is (paths as written; relative to the working dir)."""
+
+    train_bin: str = "data/eurlex-sample/train.bin"
+    val_bin: str = "data/eurlex-sample/val.bin"
+    meta: str = "data/eurlex-sample/meta.json"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The GPT's shape (fields of ``GPTConfig``); vocab_size null = take it from meta.json."""
+
+    n_layer: int = _f(4, ge=1)
+    n_head: int = _f(4, ge=1)
+    n_embd: int = _f(128, ge=1)
+    block_size: int = _f(128, ge=1)
+    vocab_size: int | None = _f(None, ge=1)
+    dropout: float = _f(0.0, ge=0, lt=1)
+    bias: bool = False
+
+    def _problems(self) -> list[tuple[str, str]]:
+        if self.n_embd % self.n_head:
+            return [("n_embd", f"{self.n_embd} is not divisible by n_head ({self.n_head})")]
+        return []
+
+    def gpt_config(self, data_vocab_size: int | None = None) -> GPTConfig:
+        """The model's GPTConfig; ``data_vocab_size`` (from meta.json) fills a null vocab_size.
+
+        An explicit vocab_size may be larger than the data's (padding) but not smaller.
+        """
+        vocab = self.vocab_size
+        if vocab is None:
+            if data_vocab_size is None:
+                raise ConfigError(["model.vocab_size: null, and no vocabulary size from the data"])
+            vocab = data_vocab_size
+        elif data_vocab_size is not None and vocab < data_vocab_size:
+            raise ConfigError(
+                [f"model.vocab_size: {vocab} is smaller than the data's vocabulary ({data_vocab_size})"]
+            )
+        return GPTConfig(
+            n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
+            block_size=self.block_size, vocab_size=vocab, dropout=self.dropout, bias=self.bias,
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop. Intervals and patiences are in optimizer steps; 0 = off where noted."""
+
+    seed: int = _f(42, ge=0)  # model init
+    data_seed: int = _f(1337, ge=0)  # batch order, independent of the init
+    max_steps: int = _f(500, ge=1)
+    batch_size: int = _f(16, ge=1)  # sequences per micro-batch
+    grad_accum: int = _f(1, ge=1)  # micro-batches per optimizer step
+    lr: float = _f(1e-3, gt=0)
+    min_lr: float = _f(1e-4, ge=0)  # floor of the cosine schedule
+    warmup_steps: int = _f(50, ge=0)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    weight_decay: float = _f(0.1, ge=0)
+    beta1: float = _f(0.9, ge=0, lt=1)
+    beta2: float = _f(0.95, ge=0, lt=1)
+    grad_clip: float = _f(1.0, ge=0)  # max global grad norm; 0 = off
+    eval_interval: int = _f(100, ge=1)
+    eval_batches: int = _f(20, ge=1)
+    shadow_interval: int = _f(0, ge=0)  # 0 = off, 1 = every step
+    checkpoint_interval: int = _f(100, ge=1)
+    keep_checkpoints: int = _f(2, ge=1)
+    nan_patience: int = _f(10, ge=1)  # consecutive non-finite losses -> diverged
+    divergence_patience: int = _f(100, ge=0)  # 0 = off
+    divergence_factor: float = _f(2.0, gt=1)  # loss > factor * best loss counts as diverging
+    dead_grad_steps: int = _f(20, ge=1)  # a weight's grad zero this many steps in a row = dead
+    rank_interval: int = _f(100, ge=0)  # 0 = off
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    autocast: bool = False  # bf16 autocast where supported
+    compile: bool = False  # torch.compile
+
+    def _problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.min_lr > self.lr:
+            out.append(("min_lr", f"{self.min_lr:g} is larger than lr ({self.lr:g})"))
+        if self.warmup_steps > self.max_steps:
+            out.append(("warmup_steps", f"{self.warmup_steps} is larger than max_steps ({self.max_steps})"))
+        return out
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A per-layer override of the formats; a null field keeps the global setting."""
+
+    weight: Format | None = None
+    activation: Format | None = None
+    gradient: Format | None = None
+
+    def _problems(self) -> list[tuple[str, str]]:
+        if self.weight is None and self.activation is None and self.gradient is None:
+            return [("", "empty recipe; set weight, activation or gradient, "
+                         "or use `recipe: null` to keep the layer unquantized")]
+        return []
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Layers whose module name matches ``pattern`` (as interpreted by altgrad.nn) get
+    ``recipe``; ``recipe: null`` keeps them unquantized. Both keys are required."""
+
+    pattern: str
+    recipe: Recipe | None
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    """The precision recipe: formats for weights, activations and gradients, and scaling."""
+
+    weight: Format = "bf16"
+    activation: Format = "bf16"
+    gradient: Format = "bf16"
+    scaling: Literal["delayed", "current", "block", "none"] = "delayed"
+    amax_history: int = _f(16, ge=1)  # delayed scaling: steps of amax history
+    amax_algo: Literal["max", "most_recent"] = "max"
+    margin: int = _f(0, ge=0)  # scale headroom, in powers of two
+    pow2_scales: bool = True  # power-of-two scales multiply exactly in float32
+    scale_block: int = _f(32, ge=1)  # elements per scale when scaling = block
+    rounding: Rounding = "nearest"  # weights and activations
+    grad_rounding: Rounding = "stochastic"  # gradients: unbiased, so tiny updates survive
+    rules: tuple[Rule, ...] = ()
+    skip_lm_head: bool = True
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """The optimizer. ``master_weights``: fp32 copy, or weights that live on the format grid."""
+
+    name: Literal["adamw", "manifold_adamw", "grid"] = "adamw"
+    master_weights: Literal["fp32", "grid"] = "fp32"
+    max_stiffness: float = _f(0.0, ge=0)  # cap on the ULP scaling; 0 = no cap
+    rung_clip: float = _f(0.0, ge=0)  # max grid rungs moved per step; 0 = no clip
+    grid_rounding: Rounding = "stochastic"
+    momentum: float = _f(0.9, ge=0, lt=1)  # grid optimizer
+    partition_clip: bool = False
+    partition_clip_threshold: float = _f(1.0, gt=0)
+    mantissa_shift: bool = False
+    mantissa_shift_threshold: float = _f(1.0, gt=0)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Weights & Biases mirroring and alert thresholds (metrics always go to parquet)."""
+
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "altgrad"
+    run_name: str | None = None  # null = the run id
+    alert_stall: float = _f(0.5, ge=0, le=1)  # fraction of stalled weights
+    alert_overflow: float = _f(0.01, ge=0, le=1)  # fraction of saturated values
+    alert_cooldown: int = _f(100, ge=0)  # steps between repeats of one alert
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training job."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None, source: str = "config") -> RunConfig:
+        """Validate a (possibly partial) nested dict; missing keys take their defaults."""
+        problems: list[str] = []
+        cfg = _build(cls, {} if d is None else d, "", problems)
+        if problems:
+            raise ConfigError(problems, source)
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ConfigError([f"cannot read the file: {e.strerror or e}"], str(path)) from None
+        try:
+            d = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError as e:
+            raise ConfigError([f"not valid YAML: {e}"], str(path)) from None
+        return cls.from_dict(d, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dicts/lists/scalars; ``from_dict(to_dict())`` gives an equal config."""
+        return _plain(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def config_hash(self) -> str:
+        """First 12 hex digits of the sha256 of the canonical JSON of ``to_dict()``."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> RunConfig:
+        """A new, validated config with dotted keys replaced, e.g. {"train.lr": 3e-4}."""
+        d = self.to_dict()
+        for dotted, value in overrides.items():
+            node = d
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                if not isinstance(node.get(key), dict):
+                    node[key] = {}
+                node = node[key]
+            node[leaf] = value
+        return RunConfig.from_dict(d, source="overrides")
+
+
+# --------------------------------------------------------------------------- mechanism
+
+_BAD = object()  # returned by _build for a value that failed validation
+_NONE_TYPE = type(None)
+
+
+def _build(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
+    """Check ``value`` against the type hint ``tp``; return it converted, or _BAD.
+
+    Every problem is appended to ``problems`` as "dotted.path: message".
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+
+    def bad(msg: str) -> object:
+        problems.append(f"{path or '<top level>'}: {msg}")
+        return _BAD
+
+    if dataclasses.is_dataclass(tp):
+        return _build_dataclass(tp, value, path, problems)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None if _NONE_TYPE in args else bad("must not be null")
+        (inner,) = [a for a in args if a is not _NONE_TYPE]
+        return _build(inner, value, path, problems)
+    if value is None:
+        return bad(f"must not be null; expected {_describe(tp)}")
+    if origin is Literal:
+        if isinstance(value, str) and value in args:
+            return value
+        msg = f"unknown value {value!r}; valid: {', '.join(map(str, args))}"
+        if not isinstance(value, str):
+            msg = f"expected one of {', '.join(map(str, args))}; got {_show(value)}"
+        return bad(msg + _did_you_mean(value, args))
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return bad(f"expected a list, got {_show(value)}")
+        items = [_build(args[0], v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        return _BAD if any(v is _BAD for v in items) else tuple(items)
+    if tp is bool:
+        return value if isinstance(value, bool) else bad(f"expected true or false, got {_show(value)}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        return bad(f"expected an integer, got {_show(value)}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                return bad(f"must be a finite number, got {value!r}")
+            return float(value)
+        return bad(f"expected a number, got {_show(value)}")
+    if tp is str:
+        if isinstance(value, str) and value:
+            return value
+        return bad(f"expected a non-empty string, got {_show(value)}")
+    raise TypeError(f"config field type {tp!r} at {path!r} is not supported by _build")
+
+
+def _build_dataclass(cls: type, value: Any, path: str, problems: list[str]) -> Any:
+    prefix = f"{path}." if path else ""
+    if not isinstance(value, Mapping):
+        problems.append(f"{path or '<top level>'}: expected a mapping, got {_show(value)}")
+        return _BAD
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    n_before = len(problems)
+
+    for key in value:
+        if key not in fields:
+            problems.append(f"{prefix}{key}: unknown key{_unknown_key_hint(key, cls, fields)}")
+
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in value:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                problems.append(f"{prefix}{name}: missing (required)")
+            continue
+        v = _build(hints[name], value[name], prefix + name, problems)
+        if v is _BAD:
+            continue
+        bounds = f.metadata.get("bounds", {})
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            for op, limit in bounds.items():
+                ok = {"ge": v >= limit, "gt": v > limit, "le": v <= limit, "lt": v < limit}[op]
+                if not ok:
+                    word = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}[op]
+                    problems.append(f"{prefix}{name}: must be {word} {limit:g}, got {v!r}")
+        kwargs[name] = v
+
+    if len(problems) > n_before:
+        return _BAD
+    obj = cls(**kwargs)
+    for name, msg in getattr(obj, "_problems", lambda: [])():
+        where = f"{prefix}{name}" if name else (path or "<top level>")
+        problems.append(f"{where}: {msg}")
+    return _BAD if len(problems) > n_before else obj
+
+
+def _plain(x: Any) -> Any:
+    if dataclasses.is_dataclass(x):
+        return {f.name: _plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(tp, "a mapping" if dataclasses.is_dataclass(tp) else "a list")
+
+
+def _show(value: Any) -> str:
+    kind = {dict: "mapping", list: "list"}.get(type(value), type(value).__name__)
+    return f"{kind} {value!r}" if not isinstance(value, (dict, list)) else kind
+
+
+def _did_you_mean(word: Any, choices: typing.Iterable[str]) -> str:
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unknown_key_hint(key: Any, cls: type, fields: Mapping[str, Any]) -> str:
+    hint = _did_you_mean(key, fields)
+    if hint:
+        return hint
+    if cls is RunConfig:  # a section's key given without its section?
+        hints = typing.get_type_hints(RunConfig)
+        for section in fields:
+            if key in {f.name for f in dataclasses.fields(hints[section])}:
+                return f" (it belongs under {section!r}: {section}.{key})"
+    return f"; valid keys: {', '.join(fields)}"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-3 as a float (YAML 1.2) and rejects duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "FORMAT_NAMES",
+    "ModelConfig",
+    "OptimizerConfig",
+    "PrecisionConfig",
+    "Recipe",
+    "Rule",
+    "RunConfig",
+    "TrackingConfig",
+    "TrainConfig",
+]
