@@ -49,7 +49,7 @@ class _RoundingPlan:
     max_value: float
     min_normal: float
     normal_threshold: float  # midpoint below min_normal: results above it are normal
-    fix_nan: bool  # bit arithmetic can turn a NaN into inf or a number: restore it
+    fix_nan: bool  # bit arithmetic may turn a NaN into inf or a number: restore it
 
 
 @lru_cache(maxsize=None)
@@ -67,8 +67,8 @@ def _plan(fmt: FloatFormat) -> _RoundingPlan:
         max_value=fmt.max_value,
         min_normal=fmt.min_normal,
         normal_threshold=fmt.min_normal - fmt.min_subnormal / 2,
-        # The magic-constant path keeps NaN quiet (bit 22 set) through float ops, which
-        # survives truncation unless M = 0; the bit-pattern path sees raw NaN payloads.
+        # Float ops keep NaN quiet (bit 22 set), which survives truncation unless M = 0;
+        # the bit-pattern path sees raw NaN payloads. RNE on the magic path is pure float.
         fix_nan=not magic_fits or fmt.man_bits == 0,
     )
 
@@ -178,11 +178,8 @@ def quantize(
     else:
         magnitude, scratch = _round_magnitude(x, plan, rounding, generator)
         result = magnitude
-    if plan.fix_nan:
+    if plan.fix_nan and (plan.int_path or rounding == "stochastic"):
         result.masked_fill_(torch.isnan(x), math.nan)
-    if fmt.man_bits == 0 and not plan.int_path and rounding == "nearest":
-        # the magic constant sends the one tie at the bottom (half of min) to 0: away from zero instead
-        result.masked_fill_(x.abs() == fmt.min_subnormal / 2, fmt.min_subnormal)
     if stats is not None:
         stats._count(x, magnitude, plan, scratch)
     if saturate or fmt.specials == "none":
@@ -208,8 +205,14 @@ def _round_magnitude(x, plan, rounding, generator):
     magnitude = torch.abs(x)
     bits = magnitude.view(torch.int32)
     if rounding == "nearest":
+        c_bits = torch.empty_like(bits)
+        if plan.drop == 23:
+            # M = 0: the magic constant would round the one tie at the bottom (min / 2) to 0,
+            # not away from zero; moving exactly those inputs up by one float32 ulp fixes it.
+            torch.eq(bits, plan.c_lo - (1 << 23), out=c_bits)
+            bits.add_(c_bits)
         # C = 2^(binade + 23 - M): float32's ulp at C is the format's step at |x|.
-        c_bits = torch.bitwise_and(bits, _EXP_MASK)
+        torch.bitwise_and(bits, _EXP_MASK, out=c_bits)
         c_bits.clamp_(plan.c_lo, plan.c_hi).add_(plan.drop << 23)
         c = c_bits.view(torch.float32)
         magnitude.add_(c).sub_(c)

@@ -1,0 +1,55 @@
+"""Quantize throughput on CPU, as ratios measured in one run (machines here are noisy).
+
+For 16M float32 elements: every registry format with round-to-nearest-even and stochastic
+rounding, with and without telemetry, against (a) torch's own float8_e4m3fn round trip
+`x.to(torch.float8_e4m3fn).float()` and (b) `x.clone()`. Median of N runs after warm-up.
+
+    python benchmarks/quantize.py [--elements 16777216] [--repeats 7]
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from altgrad.quantization import FORMAT_NAMES, QuantStats, quantize
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--elements", type=int, default=16 * 1024 * 1024)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+
+    x = torch.randn(args.elements, generator=torch.Generator().manual_seed(0)) * 3
+    generator = torch.Generator().manual_seed(1)
+    torch_rt = median_ms(lambda: x.to(torch.float8_e4m3fn).float(), args.repeats)
+    clone = median_ms(lambda: x.clone(), args.repeats)
+    print(f"{args.elements:,} float32 elements, {torch.get_num_threads()} threads, median of {args.repeats}")
+    print(f"torch e4m3fn round trip: {torch_rt:.1f} ms   clone: {clone:.1f} ms")
+    print(f"{'format':<7}{'RNE ms':>8}{'/torch':>8}{'/clone':>8}{'SR ms':>8}{'/torch':>8}{'+telem RNE':>12}{'+telem SR':>11}")
+    for name in FORMAT_NAMES:
+        rne = median_ms(lambda: quantize(x, name), args.repeats)
+        sr = median_ms(lambda: quantize(x, name, "stochastic", generator=generator), args.repeats)
+        stats = QuantStats()
+        rne_t = median_ms(lambda: quantize(x, name, stats=stats), args.repeats)
+        sr_t = median_ms(lambda: quantize(x, name, "stochastic", generator=generator, stats=stats), args.repeats)
+        print(
+            f"{name:<7}{rne:>8.1f}{rne / torch_rt:>8.2f}{rne / clone:>8.2f}{sr:>8.1f}{sr / torch_rt:>8.2f}"
+            f"{rne_t / rne - 1:>11.0%}{sr_t / sr - 1:>11.0%}"
+        )
+
+
+if __name__ == "__main__":
+    main()
