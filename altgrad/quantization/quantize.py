@@ -195,9 +195,14 @@ def quantize(
     return result
 
 
-def _random_low_bits(like: torch.Tensor, drop: int, generator: torch.Generator | None) -> torch.Tensor:
-    noise = torch.empty(like.shape, dtype=torch.int32, device=like.device).random_(generator=generator)
-    return noise.bitwise_and_((1 << drop) - 1)
+def _fill_random_low_bits(buffer: torch.Tensor, drop: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Fill an int32 buffer with uniform random integers in [0, 2^drop)."""
+    if buffer.numel() % 2 == 0:
+        # 64-bit draws fill two int32 words each (the low 31+ bits of each word are uniform): cheaper
+        buffer.view(torch.int64).random_(generator=generator)
+    else:
+        buffer.random_(generator=generator)
+    return buffer.bitwise_and_((1 << drop) - 1)
 
 
 def _round_magnitude(x, plan, rounding, generator):
@@ -217,11 +222,20 @@ def _round_magnitude(x, plan, rounding, generator):
         c = c_bits.view(torch.float32)
         magnitude.add_(c).sub_(c)
         return magnitude, c
-    # Shift the subnormal range up by 2^emin (offset = 2^emin where |x| < 2^emin, else 0).
-    offset = torch.clamp(magnitude, max=plan.min_normal)
-    offset.sub_(plan.min_normal).sign_().mul_(-plan.min_normal)
+    # Shift the subnormal range up by 2^emin, where float32's step is the format's subnormal
+    # step; the offset is recomputed from x rather than stored, so one scratch buffer serves
+    # the offset and the random bits.
+    scratch = torch.empty_like(bits)
+    offset = scratch.view(torch.float32)
+
+    def subnormal_offset(source):  # 2^emin where |x| < 2^emin, else 0 (NaN stays NaN)
+        torch.clamp(source, max=plan.min_normal, out=offset)
+        offset.sub_(plan.min_normal).sign_().mul_(-plan.min_normal)
+
+    subnormal_offset(magnitude)
     magnitude.add_(offset)
-    bits.add_(_random_low_bits(bits, plan.drop, generator)).bitwise_and_(~((1 << plan.drop) - 1))
+    bits.add_(_fill_random_low_bits(scratch, plan.drop, generator)).bitwise_and_(~((1 << plan.drop) - 1))
+    subnormal_offset(torch.abs(x, out=offset))
     magnitude.sub_(offset)
     return magnitude, offset
 
@@ -235,7 +249,7 @@ def _round_bits(x, plan, rounding, generator):
         out = torch.bitwise_right_shift(bits, plan.drop).bitwise_and_(1)
         out.add_((1 << (plan.drop - 1)) - 1).add_(bits)
     else:
-        out = _random_low_bits(bits, plan.drop, generator).add_(bits)
+        out = _fill_random_low_bits(torch.empty_like(bits), plan.drop, generator).add_(bits)
     return out.bitwise_and_(~((1 << plan.drop) - 1)).view(torch.float32)
 
 
