@@ -160,14 +160,24 @@ def scaled_quantize(
     return (y, s.expand_as(y)) if return_scale else y
 
 
-def make_scaling(kind: str, fmt: FloatFormat | str, **options) -> Scaling | None:
-    """Build a scaler by config name: delayed | current | block | none."""
+def make_scaling(
+    kind: str,
+    fmt: FloatFormat | str,
+    *,
+    history_len: int = 16,
+    algo: str = "max",
+    margin: int = 0,
+    pow2: bool = False,
+    block_size: int = 32,
+    device: torch.device | str | None = None,
+) -> Scaling | None:
+    """Build a scaler by config name: delayed | current | block | none (each takes its options)."""
     if kind == "none":
         return None
     if kind == "delayed":
-        return DelayedScaling(fmt, **options)
+        return DelayedScaling(fmt, history_len=history_len, algo=algo, margin=margin, pow2=pow2, device=device)
     if kind == "current":
-        return CurrentScaling(fmt, margin=options.get("margin", 0), pow2=options.get("pow2", False))
+        return CurrentScaling(fmt, margin=margin, pow2=pow2)
     if kind == "block":
-        return BlockScaling(fmt)
+        return BlockScaling(fmt, block_size=block_size)
     raise ValueError(f"unknown scaling {kind!r}; valid: delayed, current, block, none")

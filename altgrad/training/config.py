@@ -207,6 +207,9 @@ class OptimizerConfig:
 
     name: Literal["adamw", "manifold_adamw", "grid"] = "adamw"
     master_weights: Literal["fp32", "grid"] = "fp32"
+    # manifold_adamw: the lr of quantized weights, in ULPs per step at peak of the schedule
+    # (train.lr stays the real-unit lr of everything else: embeddings, norms, biases)
+    ulp_lr: float = _f(1.0, gt=0)
     max_stiffness: float = _f(0.0, ge=0)  # cap on the ULP scaling; 0 = no cap
     rung_clip: float = _f(0.0, ge=0)  # max grid rungs moved per step; 0 = no clip
     grid_rounding: Rounding = "stochastic"
