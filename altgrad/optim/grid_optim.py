@@ -1,0 +1,70 @@
+"""GridOptim: SGD with momentum whose weights live on their format grid and move in whole rungs."""
+
+from __future__ import annotations
+
+import torch
+
+from .geometry import (
+    GeometryOptimizer,
+    checkpoint_generator,
+    count_nonzero,
+    first_device,
+    grid_position,
+    grid_value,
+    index_range,
+    to_grid_units,
+)
+
+
+class GridOptim(GeometryOptimizer):
+    """Momentum SGD where a weight with ``fmt`` only ever takes grid values.
+
+    Each step: buf <- mu * buf + g (float32), update u = lr * (buf + wd * w) in real units
+    (lr is an SGD learning rate, weight decay decoupled from the momentum). For a group with
+    ``fmt`` the weight's grid index i (round-to-nearest of its grid position, so a weight
+    that starts off the grid, or whose scale changed, is snapped first) and the target's
+    fractional position give the update in rungs, r = position((w - u) * s) - i: the number
+    of grid points between the weight and its target, fractional within a binade (so r is
+    u / ULP at the weight, and a move that crosses a binade counts the rungs it crosses).
+    r is clipped to ±rung_clip (0 = no clip), rounded stochastically (floor(r + U), U ~
+    U[0, 1): unbiased, E[k] = r) and the weight moves k grid points along the sorted grid,
+    clamped at ±max, so it never becomes inf/NaN. A NaN update moves nothing (and a NaN
+    gradient stays in the momentum, freezing the weight); an infinite one runs to the clip.
+
+    A group without ``fmt`` is plain momentum SGD with decoupled decay. state["flips"] and
+    state["attempted"] count, for the last step, weights whose code changed and weights with
+    a non-zero update in rungs. The rounding draws come from a generator seeded by `seed`
+    and saved in state_dict(), so a resumed run repeats an uninterrupted one exactly.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, rung_clip: float = 0.0,
+                 weight_decay: float = 0.0, seed: int = 0):
+        if min(lr, rung_clip, weight_decay) < 0 or not 0 <= momentum < 1:
+            raise ValueError(f"need lr, rung_clip, weight_decay >= 0 and 0 <= momentum < 1, "
+                             f"got {lr}, {rung_clip}, {weight_decay}, {momentum}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, rung_clip=rung_clip, weight_decay=weight_decay))
+        self.generator = torch.Generator(first_device(self.param_groups)).manual_seed(seed)
+        checkpoint_generator(self, "grid_optim_rng", self.generator)
+
+    def _update(self, p, state, group, fmt, scale):
+        lr, wd = group["lr"], group["weight_decay"]
+        if not state:
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        buf = state["momentum_buffer"].mul_(group["momentum"]).add_(p.grad)
+        if fmt is None:
+            p.mul_(1 - lr * wd).add_(buf, alpha=-lr)
+            return
+        # the target in grid units: (w - lr * (buf + wd * w)) * s
+        target = torch.mul(p, 1 - lr * wd).add_(buf, alpha=-lr)
+        if scale is not None:
+            target.mul_(scale)
+        here = grid_position(to_grid_units(p, scale), fmt).round_()
+        rungs = grid_position(target, fmt).sub_(here).nan_to_num_(nan=0.0)
+        if group["rung_clip"] > 0:
+            rungs.clamp_(-group["rung_clip"], group["rung_clip"])
+        state["attempted"] = count_nonzero(rungs.abs())
+        moved = rungs.add_(torch.empty_like(rungs).uniform_(generator=self.generator)).floor_()
+        new = moved.add_(here).clamp_(*index_range(fmt))
+        state["flips"] = count_nonzero(here.sub_(new).abs_())  # abs: -0 - +0 is -0
+        value = grid_value(new, fmt)
+        p.copy_(value if scale is None else value.div_(scale))

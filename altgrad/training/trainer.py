@@ -1,0 +1,451 @@
+"""The training loop: one run = one model, one precision recipe, one optimizer, one seed.
+
+`train(cfg, out_dir)` trains nanoGPT-style and writes, in `out_dir`:
+
+    steps.parquet   one row per optimizer step (explicit `step`), every metric column
+    summary.json    status (completed | diverged), steps, tokens, losses, FLOPs, recipe, ...
+    checkpoints/    resumable state; not a declared pipeline output, so it survives a
+                    failed job: model, optimizer, scalers, every RNG, the rows so far
+
+Resume is exact: a run killed at any point and restarted from its checkpoint produces the
+same rows (timing columns aside) and the same final weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from altgrad.analysis.budget import ModelShape, flops_per_token, param_counts
+from altgrad.errors import AltgradError
+from altgrad.nn import PrecisionRecipe, PrecisionRule, collect_telemetry, quantize_model, weight_formats
+from altgrad.optim import UpdateDiagnostics, build_optimizer
+from altgrad.training.checkpoint import CheckpointStore
+from altgrad.training.config import RunConfig
+from altgrad.training.data import BatchSampler, TokenBin, eval_batches, load_meta
+from altgrad.training.model import GPT
+from altgrad.training.tracking import Tracker
+
+TIMING_COLUMNS = ("tokens_per_s", "step_time_s")  # the only columns that differ on resume
+DEAD_GRAD = 1e-8  # |g| below this counts as zero for the dead-gradient fraction
+
+
+def _write_atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_parquet(rows: list[dict], path: Path) -> None:
+    _write_atomic(path, lambda tmp: pd.DataFrame(rows).to_parquet(tmp, index=False))
+
+
+def write_json(obj: dict, path: Path) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+
+    _write_atomic(path, write)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AltgradError("train.device is cuda but no CUDA device is visible; use device: cpu or auto")
+    return torch.device(name)
+
+
+def lr_at(step: int, cfg) -> float:
+    """Linear warm-up, then cosine decay to min_lr at max_steps (or constant)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (cfg.lr - cfg.min_lr)
+
+
+def _short(name: str) -> str:
+    return name.removeprefix("transformer.").removesuffix(".weight")
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "python": list(random.getstate()[1]) + [random.getstate()[2] if random.getstate()[2] is not None else -1],
+        "python_version": random.getstate()[0],
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    *internal, gauss = state["python"]
+    random.setstate((state["python_version"], tuple(int(v) for v in internal), None if gauss == -1 else gauss))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Holds one run's objects; `run()` trains to the end (or to divergence)."""
+
+    def __init__(self, cfg: RunConfig, out_dir: str | os.PathLike, run_id: str | None = None):
+        self.cfg, self.out = cfg, Path(out_dir)
+        self.run_id = run_id or self.out.name
+        tc = cfg.train
+        self.device = pick_device(tc.device)
+        # Data first: bad data is reported before any model is built.
+        meta = load_meta(Path(cfg.data.meta).parent)
+        vocab = cfg.model.vocab_size or int(meta["vocab_size"])
+        self.train_bin = TokenBin(cfg.data.train_bin, vocab, cfg.model.block_size)
+        self.val_bin = TokenBin(cfg.data.val_bin, vocab, cfg.model.block_size)
+        self.sampler = BatchSampler(self.train_bin, tc.batch_size, cfg.model.block_size, seed=tc.data_seed, device=self.device)
+        self.meta = meta
+
+        torch.manual_seed(tc.seed)
+        gpt_cfg = cfg.model.gpt_config(int(meta["vocab_size"]))
+        self.model = GPT(gpt_cfg).to(self.device)
+        self.shadow = GPT(gpt_cfg).to(self.device) if tc.shadow_interval else None
+        recipe = PrecisionRecipe.from_config(cfg.precision)
+        rules = [PrecisionRule(r.pattern, None if r.recipe is None else PrecisionRecipe.from_config(cfg.precision, r.recipe))
+                 for r in cfg.precision.rules]
+        self.quant_report = quantize_model(self.model, recipe=recipe, rules=rules,
+                                           skip_lm_head=cfg.precision.skip_lm_head, seed=tc.seed)
+        geometry = weight_formats(self.model)  # quantized weights: param -> (format, scale_fn)
+        self.optimizer = build_optimizer(self._param_groups(geometry), cfg.optimizer, tc)
+        # every weight matrix but the position embedding; unquantized ones have no grid (fmt None)
+        self.matrices = {_short(n): p for n, p in self.model.named_parameters() if p.ndim == 2 and "wpe" not in n}
+        self.diagnostics = UpdateDiagnostics({n: (p, *geometry.get(p, (None, None))) for n, p in self.matrices.items()},
+                                             seed=tc.seed)
+        self.dead_steps = {n: torch.zeros_like(p, dtype=torch.int32) for n, p in self.matrices.items()}
+        self.autocast = tc.autocast and self.device.type == "cuda"
+        self.forward = torch.compile(self.model) if tc.compile else self.model
+
+        shape = ModelShape.from_config(gpt_cfg)
+        self.flops_per_token = flops_per_token(shape)
+        self.params_total, self.params_non_embedding = param_counts(shape)
+        self.tokens_per_step = tc.batch_size * tc.grad_accum * cfg.model.block_size
+
+        self.store = CheckpointStore(self.out / "checkpoints", keep=tc.keep_checkpoints)
+        self.rows: list[dict] = []
+        self.events: list[dict] = []
+        self.step = 0
+        self.best_val = math.inf
+        self.best_train = math.inf
+        self.nan_streak = 0
+        self.nan_checkpointed = False
+        self.rising = 0
+        self.last_alert: dict[str, int] = {}
+        self.elapsed = 0.0
+        self.status, self.diverged_at = "running", None
+        self.tracker_id = None
+
+    def _param_groups(self, geometry: dict) -> list[dict]:
+        """One group per quantized weight (it carries its grid), then the other matrices
+        (decayed) and the vectors (norms, biases: not decayed), as nanoGPT does."""
+        groups = [{"params": [p], "fmt": fmt, "scale": scale} for p, (fmt, scale) in geometry.items()]
+        rest = [p for p in self.model.parameters() if p not in geometry]
+        groups.append({"params": [p for p in rest if p.ndim >= 2]})
+        groups.append({"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0})
+        return [g for g in groups if g["params"]]
+
+    # --- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": _rng_state(),
+            "dead_steps": self.dead_steps,
+            "trainer": {
+                "best_val": self.best_val, "best_train": self.best_train, "nan_streak": self.nan_streak,
+                "nan_checkpointed": self.nan_checkpointed, "rising": self.rising, "last_alert": self.last_alert,
+                "elapsed": self.elapsed, "events": [json.dumps(e) for e in self.events],
+                "tracker_id": self.tracker_id or "",
+                "config_hash": self.cfg.config_hash(),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        t = state["trainer"]
+        if t["config_hash"] != self.cfg.config_hash():
+            raise AltgradError(
+                f"{self.out}/checkpoints belong to a different config (hash {t['config_hash']}, now "
+                f"{self.cfg.config_hash()}); move them away to start over, or restore the config"
+            )
+        self.step = int(state["step"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        _set_rng_state(state["rng"])
+        self.dead_steps = {n: v.to(self.device) for n, v in state["dead_steps"].items()}
+        self.best_val, self.best_train = t["best_val"], t["best_train"]
+        self.nan_streak, self.nan_checkpointed, self.rising = t["nan_streak"], t["nan_checkpointed"], t["rising"]
+        self.last_alert, self.elapsed = dict(t["last_alert"]), t["elapsed"]
+        self.events = [json.loads(e) for e in t["events"]]
+        self.tracker_id = t["tracker_id"] or None
+
+    def checkpoint(self, best: bool = False) -> None:
+        # rows first: the rows file may run ahead of the newest readable checkpoint, never behind
+        self.store.directory.mkdir(parents=True, exist_ok=True)
+        write_parquet(self.rows, self.out / "checkpoints" / "steps.partial.parquet")
+        self.store.save(self.state_dict(), self.step, best=best)
+
+    def resume(self) -> bool:
+        state = self.store.load_latest(self.device)
+        if state is None:
+            return False
+        self.load_state_dict(state)
+        partial = self.out / "checkpoints" / "steps.partial.parquet"
+        rows = pd.read_parquet(partial).to_dict("records") if partial.exists() else []
+        self.rows = [r for r in rows if r["step"] < self.step]
+        if len(self.rows) != self.step:
+            raise AltgradError(f"{partial} holds {len(self.rows)} rows for checkpoint step {self.step}; "
+                               f"remove {self.out / 'checkpoints'} to restart the run from scratch")
+        return True
+
+    # --- one step -------------------------------------------------------------------------
+    def _micro_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [self.sampler.next_batch() for _ in range(self.cfg.train.grad_accum)]
+
+    def _loss_and_grads(self, model, batches) -> float:
+        model.zero_grad(set_to_none=True)
+        total = 0.0
+        for x, y in batches:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                _, loss = model(x, y)
+            (loss / len(batches)).backward()
+            total += loss.item() / len(batches)
+        return total
+
+    def _grad_stats(self, row: dict) -> None:
+        """Per-layer gradient L2 / L-inf / SNR / dead fraction (zero for N steps in a row)."""
+        n_dead, n_all = 0, 0
+        for name, p in self.matrices.items():
+            g = p.grad
+            if g is None:
+                continue
+            g = g.float()
+            zero = g.abs() < DEAD_GRAD
+            self.dead_steps[name] = torch.where(zero, self.dead_steps[name] + 1, torch.zeros_like(self.dead_steps[name]))
+            dead = int((self.dead_steps[name] >= self.cfg.train.dead_grad_steps).sum())
+            std = g.std().item()
+            row[f"grad.{name}.l2"] = g.norm().item()
+            row[f"grad.{name}.linf"] = g.abs().max().item()
+            row[f"grad.{name}.snr"] = abs(g.mean().item()) / std if std > 0 else 0.0
+            row[f"grad.{name}.dead_frac"] = dead / g.numel()
+            n_dead, n_all = n_dead + dead, n_all + g.numel()
+        row["grad.dead_frac"] = n_dead / max(n_all, 1)
+
+    def _shadow_cosine(self, batches, row: dict) -> None:
+        """Cosine between the quantized model's gradients and an FP32 shadow's, same batch."""
+        shadow_params = dict(self.shadow.named_parameters())
+        with torch.no_grad():
+            for name, p in self.model.named_parameters():
+                shadow_params[name].copy_(p)
+        self._loss_and_grads(self.shadow, batches)
+        dot = nq = ns = 0.0
+        for name, p in self.model.named_parameters():
+            gq, gs = p.grad, shadow_params[name].grad
+            if gq is None or gs is None or p.ndim != 2 or "wpe" in name:
+                continue
+            gq, gs = gq.float().flatten(), gs.float().flatten()
+            d, a, b = (gq @ gs).item(), (gq @ gq).item(), (gs @ gs).item()
+            row[f"cos.{_short(name)}"] = d / math.sqrt(a * b) if a > 0 and b > 0 else float("nan")
+            dot, nq, ns = dot + d, nq + a, ns + b
+        row["grad_cos"] = dot / math.sqrt(nq * ns) if nq > 0 and ns > 0 else float("nan")
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.model.eval()
+        losses = []
+        for x, y in eval_batches(self.val_bin, self.cfg.train.batch_size, self.cfg.model.block_size,
+                                 max_batches=self.cfg.train.eval_batches, device=self.device):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                losses.append(self.model(x, y)[1].item())
+        self.model.train()
+        # quantized forward passes during eval must not move delayed-scaling history or telemetry
+        return float(np.mean(losses))
+
+    def _event(self, kind: str, message: str, tracker: Tracker, alert: bool = False) -> None:
+        cooldown = self.cfg.tracking.alert_cooldown
+        if alert and self.step - self.last_alert.get(kind, -10**9) < cooldown:
+            return
+        self.last_alert[kind] = self.step
+        self.events.append({"step": self.step, "kind": kind, "message": message})
+        warnings.warn(f"[{self.run_id} step {self.step}] {kind}: {message}")
+        if alert:
+            tracker.alert(kind, message)
+
+    def train_step(self, tracker: Tracker) -> dict:
+        tc = self.cfg.train
+        started = time.perf_counter()
+        lr = lr_at(self.step, tc)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        batches = self._micro_batches()
+        loss = self._loss_and_grads(self.model, batches)
+        row: dict[str, Any] = {"step": self.step, "tokens": (self.step + 1) * self.tokens_per_step, "lr": lr, "loss": loss}
+        grads_finite = all(torch.isfinite(p.grad).all() for p in self.model.parameters() if p.grad is not None)
+        row["nan_source"] = "" if math.isfinite(loss) and grads_finite else ("loss" if not math.isfinite(loss) else "gradients")
+        row.update(collect_telemetry(self.model, reset=True))
+        if row["nan_source"]:
+            self.nan_streak += 1
+            self.optimizer.zero_grad(set_to_none=True)  # skip the update: weights stay finite
+            row["grad_norm"] = float("nan")
+        else:
+            self.nan_streak = 0
+            self._grad_stats(row)
+            if self.shadow is not None and self.step % tc.shadow_interval == 0:
+                self._shadow_cosine(batches, row)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+            row["grad_norm"] = norm.item()
+            before = {n: p.detach().clone() for n, p in self.matrices.items()}
+            self.diagnostics.before_step()
+            self.optimizer.step()
+            row.update(self.diagnostics.after_step())
+            self._zero_update(before, row)
+            if tc.rank_interval and self.step % tc.rank_interval == 0:
+                ranks, rank_warnings = self.diagnostics.rank_stats()
+                for warning in rank_warnings:
+                    self._event("rank_collapse", warning, tracker, alert=True)
+                row.update(ranks)
+        elapsed = time.perf_counter() - started
+        row["step_time_s"] = elapsed
+        row["tokens_per_s"] = self.tokens_per_step / elapsed
+        self.elapsed += elapsed
+        return row
+
+    def _zero_update(self, before: dict, row: dict) -> None:
+        """Fraction of weights with a non-zero gradient that did not change (bit-stall)."""
+        stuck_all = moved_all = 0
+        for name, p in self.matrices.items():
+            if p.grad is None:
+                continue
+            wanted = p.grad.abs() >= DEAD_GRAD
+            stuck = int(((p.detach() == before[name]) & wanted).sum())
+            attempted = int(wanted.sum())
+            row[f"zero_update.{name}"] = stuck / attempted if attempted else 0.0
+            stuck_all, moved_all = stuck_all + stuck, moved_all + attempted
+        row["zero_update_frac"] = stuck_all / moved_all if moved_all else 0.0
+
+    def _watch(self, row: dict, tracker: Tracker) -> bool:
+        """Events and alerts for this row; True when it calls for an anomaly checkpoint."""
+        tc, tr = self.cfg.train, self.cfg.tracking
+        anomaly = bool(row["nan_source"]) and not self.nan_checkpointed
+        if anomaly:
+            self.nan_checkpointed = True
+            self._event("nan", f"non-finite {row['nan_source']}; checkpoint kept for inspection", tracker, alert=True)
+        if math.isfinite(row["loss"]):
+            if row["loss"] > tc.divergence_factor * self.best_train and tc.divergence_patience:
+                self.rising += 1
+                if self.rising == tc.divergence_patience:
+                    self._event("divergence", f"loss above {tc.divergence_factor}x its best for {self.rising} steps", tracker)
+            else:
+                self.rising = 0
+            self.best_train = min(self.best_train, row["loss"])
+        stall = row.get("update.stall_ratio", float("nan"))
+        if stall > tr.alert_stall:
+            self._event("bit_stall", f"stall ratio {stall:.2f} > {tr.alert_stall}", tracker, alert=True)
+        overflow = max((v for k, v in row.items() if k.startswith("quant.") and k.endswith("overflow_rate")), default=0.0)
+        if overflow > tr.alert_overflow:
+            self._event("overflow", f"overflow rate {overflow:.3f} > {tr.alert_overflow}", tracker, alert=True)
+        return anomaly
+
+    # --- the run --------------------------------------------------------------------------
+    def run(self, progress: bool = True) -> dict:
+        from tqdm import tqdm
+
+        tc = self.cfg.train
+        self.out.mkdir(parents=True, exist_ok=True)
+        resumed = self.resume()
+        tracker = Tracker(self.cfg.tracking.wandb_mode, self.cfg.tracking.project,
+                          self.cfg.tracking.run_name or self.run_id, self.out, self.cfg.to_dict(), self.tracker_id)
+        self.tracker_id = tracker.run_id
+        bar = tqdm(total=tc.max_steps, initial=self.step, desc=self.run_id, disable=not progress, dynamic_ncols=True)
+        if resumed:
+            bar.write(f"{self.run_id}: resumed at step {self.step}")
+        while self.step < tc.max_steps:
+            row = self.train_step(tracker)
+            last = self.step == tc.max_steps - 1
+            if self.step % tc.eval_interval == 0 or last:
+                row["val_loss"] = self.evaluate()
+                row["val_ppl"] = math.exp(min(row["val_loss"], 50))
+            anomaly = self._watch(row, tracker)
+            self.rows.append(row)
+            tracker.log(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            bar.update()
+            self.step += 1
+            if self.nan_streak >= tc.nan_patience:
+                self.status, self.diverged_at = "diverged", self.step - 1
+                self._event("diverged", f"{self.nan_streak} non-finite steps in a row", tracker, alert=True)
+                break
+            improved = "val_loss" in row and row["val_loss"] < self.best_val
+            if improved:
+                self.best_val = row["val_loss"]
+            if anomaly or improved or self.step % tc.checkpoint_interval == 0:
+                self.checkpoint(best=improved)
+        bar.close()
+        if self.status == "running":
+            self.status = "completed"
+        self.checkpoint()
+        summary = self.summary()
+        write_parquet(self.rows, self.out / "steps.parquet")
+        write_json(summary, self.out / "summary.json")
+        tracker.finish()
+        return summary
+
+    def summary(self) -> dict:
+        vals = [r["val_loss"] for r in self.rows if not pd.isna(r.get("val_loss", float("nan")))]
+        tokens = self.step * self.tokens_per_step
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "diverged_at": self.diverged_at,
+            "steps": self.step,
+            "tokens": tokens,
+            "wall_time_s": self.elapsed,
+            "final_val_loss": vals[-1] if vals else None,
+            "best_val_loss": min(vals) if vals else None,
+            "final_val_ppl": math.exp(min(vals[-1], 50)) if vals else None,
+            "flops": self.flops_per_token * tokens,
+            "params_total": self.params_total,
+            "params_non_embedding": self.params_non_embedding,
+            "precision": self.cfg.to_dict()["precision"],
+            "optimizer": self.cfg.to_dict()["optimizer"],
+            "seed": self.cfg.train.seed,
+            "device": str(self.device),
+            "config_hash": self.cfg.config_hash(),
+            "quantization": str(self.quant_report),
+            "events": self.events,
+            "corpus": {k: self.meta.get(k) for k in ("source", "vocab_size", "tokens", "documents") if k in self.meta},
+        }
+
+
+def train(cfg: RunConfig, out_dir: str | os.PathLike, run_id: str | None = None, progress: bool = True) -> dict:
+    """Train one run (resuming from `out_dir/checkpoints` if present); returns its summary."""
+    return Trainer(cfg, out_dir, run_id).run(progress=progress)

@@ -1,0 +1,123 @@
+"""Real training on the real EUR-Lex sample: metrics, divergence, exact resume after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from altgrad.errors import AltgradError
+from altgrad.training.config import RunConfig
+from altgrad.training.data import prepare
+from altgrad.training.trainer import TIMING_COLUMNS, train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "eurlex-sample"
+    prepare("eurlex-sample", out, compact_vocab=True, progress=False)
+    return out
+
+
+def tiny_config(corpus: Path, **overrides) -> RunConfig:
+    cfg = {
+        "data": {"train_bin": str(corpus / "train.bin"), "val_bin": str(corpus / "val.bin"), "meta": str(corpus / "meta.json")},
+        "model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 32},
+        "train": {"max_steps": 24, "batch_size": 4, "lr": 3e-3, "warmup_steps": 4, "eval_interval": 8,
+                  "eval_batches": 2, "checkpoint_interval": 5, "shadow_interval": 2, "rank_interval": 8,
+                  "device": "cpu"},
+        "precision": {"weight": "e4m3", "activation": "e4m3", "gradient": "e5m2"},
+        "tracking": {"wandb_mode": "disabled"},
+    }
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".")
+        cfg[section][key] = value
+    return RunConfig.from_dict(cfg)
+
+
+def test_a_real_run_writes_every_metric(corpus, tmp_path):
+    summary = train(tiny_config(corpus), tmp_path / "run", progress=False)
+    steps = pd.read_parquet(tmp_path / "run" / "steps.parquet")
+    assert summary["status"] == "completed" and summary["steps"] == 24
+    assert list(steps["step"]) == list(range(24))
+    for column in ("loss", "lr", "grad_norm", "tokens_per_s", "grad_cos", "zero_update_frac", "grad.dead_frac",
+                   "quant.weight.overflow_rate", "quant.gradient.underflow_rate", "update.stall_ratio"):
+        assert column in steps, column
+    assert steps["val_loss"].notna().sum() == 4  # steps 0, 8, 16 and the last
+    assert steps["grad_cos"].notna().sum() == 12  # every second step
+    assert steps["grad_cos"].dropna().between(0.5, 1.0).all()  # e4m3/e5m2 gradients point the right way
+    assert steps["loss"].iloc[-5:].mean() < steps["loss"].iloc[:5].mean() - 0.5
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert on_disk["best_val_loss"] == pytest.approx(steps["val_loss"].min())
+    assert on_disk["flops"] > 0 and on_disk["tokens"] == 24 * 4 * 32
+
+
+def test_a_run_that_blows_up_is_labelled_diverged(corpus, tmp_path):
+    cfg = tiny_config(corpus, **{"train.lr": 1e30, "train.warmup_steps": 0, "train.nan_patience": 3,
+                                 "train.grad_clip": 0.0, "precision.weight": "bf16",
+                                 "precision.activation": "bf16", "precision.gradient": "bf16"})
+    summary = train(cfg, tmp_path / "run", progress=False)
+    steps = pd.read_parquet(tmp_path / "run" / "steps.parquet")
+    assert summary["status"] == "diverged"
+    assert summary["diverged_at"] == steps["step"].iloc[-1]
+    assert (steps["nan_source"].iloc[-3:] != "").all()
+    assert any(e["kind"] == "diverged" for e in summary["events"])
+
+
+def _train_cmd(config: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "altgrad.cli", "train", "--config", str(config), "--out", str(out), "--quiet"]
+
+
+def test_resume_after_sigkill_is_exact(corpus, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(corpus, **{"train.max_steps": 30}).to_dict()))
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    subprocess.run(_train_cmd(config, tmp_path / "whole"), check=True, env=env)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(config, killed), env=env)
+    first = killed / "checkpoints" / "step-00000010.pt"
+    deadline = time.time() + 120
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+    subprocess.run(_train_cmd(config, killed), check=True, env=env)
+
+    a = pd.read_parquet(tmp_path / "whole" / "steps.parquet").drop(columns=list(TIMING_COLUMNS))
+    b = pd.read_parquet(killed / "steps.parquet").drop(columns=list(TIMING_COLUMNS))
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    wa = torch.load(tmp_path / "whole" / "checkpoints" / "step-00000030.pt", weights_only=True)["model"]
+    wb = torch.load(killed / "checkpoints" / "step-00000030.pt", weights_only=True)["model"]
+    for name, tensor in wa.items():
+        if isinstance(tensor, torch.Tensor):
+            assert torch.equal(tensor, wb[name]), name
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(corpus, tmp_path):
+    cfg = tiny_config(corpus, **{"train.max_steps": 12})
+    train(cfg, tmp_path / "run", progress=False)
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("step-*.pt"))
+    checkpoints[-1].write_bytes(b"not a checkpoint")
+    longer = tiny_config(corpus, **{"train.max_steps": 12})
+    with pytest.warns(UserWarning, match="unreadable"):
+        summary = train(longer, tmp_path / "run", progress=False)
+    assert summary["steps"] == 12
+
+
+def test_missing_data_is_reported_before_training(corpus, tmp_path):
+    cfg = tiny_config(corpus)
+    broken = RunConfig.from_dict({**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "train_bin": str(tmp_path / "nope.bin")}})
+    with pytest.raises(AltgradError, match="nope.bin"):
+        train(broken, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
