@@ -16,7 +16,7 @@ import yaml
 from altgrad.errors import AltgradError
 from altgrad.training.config import RunConfig
 from altgrad.training.data import prepare
-from altgrad.training.trainer import TIMING_COLUMNS, train
+from altgrad.training.trainer import TIMING_COLUMNS, Trainer, train
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def tiny_config(corpus: Path, **overrides) -> RunConfig:
     }
     for dotted, value in overrides.items():
         section, key = dotted.split(".")
-        cfg[section][key] = value
+        cfg.setdefault(section, {})[key] = value
     return RunConfig.from_dict(cfg)
 
 
@@ -121,3 +121,27 @@ def test_missing_data_is_reported_before_training(corpus, tmp_path):
     with pytest.raises(AltgradError, match="nope.bin"):
         train(broken, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_mantissa_shift_moves_a_stalled_layer_and_resumes(corpus, tmp_path):
+    # E7M0 under AdamW stalls; with a low threshold and patience 2 the policy must act
+    cfg = tiny_config(corpus, **{"train.max_steps": 12, "precision.weight": "e7m0", "optimizer.mantissa_shift": True,
+                                 "optimizer.mantissa_shift_threshold": 0.3, "optimizer.mantissa_shift_patience": 2,
+                                 "optimizer.partition_clip": True, "train.shadow_interval": 0})
+    summary = train(cfg, tmp_path / "run", progress=False)
+    shifts = [e for e in summary["events"] if e["kind"] == "mantissa_shift"]
+    assert shifts and "e7m0 -> " in shifts[0]["message"]
+    # resuming from the final checkpoint rebuilds the shifted layers before loading their state
+    resumed = Trainer(cfg, tmp_path / "run")
+    assert resumed.resume()
+    shifted = {name: fmt.name for name, fmt in resumed.mantissa_shift.formats.items() if fmt.name != "e7m0"}
+    assert shifted and all(resumed.layers[name].weight_format.name == fmt for name, fmt in shifted.items())
+
+
+def test_a_changed_config_starts_over_and_keeps_the_old_state(corpus, tmp_path):
+    train(tiny_config(corpus, **{"train.max_steps": 6}), tmp_path / "run", progress=False)
+    changed = tiny_config(corpus, **{"train.max_steps": 6, "train.lr": 1e-3})
+    with pytest.warns(UserWarning, match="starting from step 0"):
+        summary = train(changed, tmp_path / "run", progress=False)
+    assert summary["steps"] == 6
+    assert len(list(tmp_path.glob("run/checkpoints.*/step-*.pt"))) >= 1

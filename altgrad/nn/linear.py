@@ -147,6 +147,14 @@ class QuantizedLinear(nn.Module):
         quantizer = self.quantizers.get(operand)
         return x if quantizer is None else quantizer(x, generator, record)
 
+    def set_weight_format(self, fmt: FloatFormat) -> None:
+        """Move the weight to another format (the emergency mantissa shift), fresh scaler."""
+        if "weight" not in self.quantizers:
+            raise ValueError(f"{self.layer_name or 'this layer'}: the weight is not quantized")
+        device = self.weight.device
+        self.quantizers["weight"] = _OperandQuantizer(fmt, self.recipe.make_scaler(fmt, device),
+                                                      self.recipe.rounding_for("weight"), device)
+
     # --- geometry for the optimizers ----------------------------------------------------
 
     @property

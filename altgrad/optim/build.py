@@ -8,11 +8,6 @@ from .geometry import GridProjection, keep_geometry_out_of_state
 from .grid_optim import GridOptim
 from .manifold import ManifoldAdamW
 
-# ManifoldAdamW's lr for groups with fmt, in ULPs per step. OptimizerConfig has no field for
-# it yet (train.lr is a real-unit lr, far too small as a ULP count); read `ulp_lr` when it does.
-DEFAULT_ULP_LR = 1.0
-
-
 def build_optimizer(model_param_groups, optimizer_cfg, train_cfg) -> torch.optim.Optimizer:
     """Build from OptimizerConfig + TrainConfig.
 
@@ -23,7 +18,8 @@ def build_optimizer(model_param_groups, optimizer_cfg, train_cfg) -> torch.optim
     name            optimizer (lr, betas, weight decay from train_cfg; eps 1e-8)
     adamw           torch.optim.AdamW
     manifold_adamw  ManifoldAdamW: groups with fmt get the ULP lr, the others train.lr
-    grid            GridOptim (an SGD lr: train.lr), momentum/rung_clip from optimizer_cfg,
+    grid            GridOptim, every group at optimizer.grid_lr (an SGD lr; train.lr is an
+                    AdamW lr), momentum/rung_clip from optimizer_cfg,
                     generator seeded with train.seed
 
     Every group gets "lr_scale" (its lr / train.lr; 1 unless the group's lr is in ULPs), so a
@@ -39,14 +35,14 @@ def build_optimizer(model_param_groups, optimizer_cfg, train_cfg) -> torch.optim
         optimizer = torch.optim.AdamW(groups, lr=train_cfg.lr, betas=betas, weight_decay=train_cfg.weight_decay)
         keep_geometry_out_of_state(optimizer)
     elif name == "manifold_adamw":
-        ulp_lr = getattr(optimizer_cfg, "ulp_lr", DEFAULT_ULP_LR)
         for g in groups:
             if g.get("fmt") is not None:
-                g.setdefault("lr", ulp_lr)
+                g.setdefault("lr", optimizer_cfg.ulp_lr)
         optimizer = ManifoldAdamW(groups, lr=train_cfg.lr, betas=betas, weight_decay=train_cfg.weight_decay,
                                   max_stiffness=optimizer_cfg.max_stiffness)
     elif name == "grid":
-        optimizer = GridOptim(groups, lr=train_cfg.lr, momentum=optimizer_cfg.momentum,
+        # every group is momentum SGD at grid_lr; gridded weights move in whole rungs
+        optimizer = GridOptim(groups, lr=optimizer_cfg.grid_lr, momentum=optimizer_cfg.momentum,
                               rung_clip=optimizer_cfg.rung_clip, weight_decay=train_cfg.weight_decay,
                               seed=train_cfg.seed)
     else:

@@ -210,6 +210,8 @@ class OptimizerConfig:
     # manifold_adamw: the lr of quantized weights, in ULPs per step at peak of the schedule
     # (train.lr stays the real-unit lr of everything else: embeddings, norms, biases)
     ulp_lr: float = _f(1.0, gt=0)
+    # grid: its momentum-SGD lr in real units (train.lr is an AdamW lr, far too small for SGD)
+    grid_lr: float = _f(0.1, gt=0)
     max_stiffness: float = _f(0.0, ge=0)  # cap on the ULP scaling; 0 = no cap
     rung_clip: float = _f(0.0, ge=0)  # max grid rungs moved per step; 0 = no clip
     grid_rounding: Rounding = "stochastic"
@@ -217,7 +219,8 @@ class OptimizerConfig:
     partition_clip: bool = False
     partition_clip_threshold: float = _f(1.0, gt=0)
     mantissa_shift: bool = False
-    mantissa_shift_threshold: float = _f(1.0, gt=0)
+    mantissa_shift_threshold: float = _f(1.0, gt=0)  # stall ratio that counts as a bad step
+    mantissa_shift_patience: int = _f(10, ge=1)  # bad steps in a row before a layer shifts
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ import torch
 
 from altgrad.analysis.budget import ModelShape, flops_per_token, param_counts
 from altgrad.errors import AltgradError
-from altgrad.nn import PrecisionRecipe, PrecisionRule, collect_telemetry, quantize_model, weight_formats
-from altgrad.optim import UpdateDiagnostics, build_optimizer
+from altgrad.nn import PrecisionRecipe, PrecisionRule, collect_telemetry, quantize_model, quantized_layers, weight_formats
+from altgrad.optim import MantissaShift, UpdateDiagnostics, build_optimizer, partition_relative_clip
 from altgrad.training.checkpoint import CheckpointStore
 from altgrad.training.config import RunConfig
 from altgrad.training.data import BatchSampler, TokenBin, eval_batches, load_meta
@@ -140,6 +140,12 @@ class Trainer:
         self.diagnostics = UpdateDiagnostics({n: (p, *geometry.get(p, (None, None))) for n, p in self.matrices.items()},
                                              seed=tc.seed)
         self.dead_steps = {n: torch.zeros_like(p, dtype=torch.int32) for n, p in self.matrices.items()}
+        self.layers = {_short(n): layer for n, layer in quantized_layers(self.model).items()}
+        oc = cfg.optimizer
+        self.mantissa_shift = MantissaShift(
+            {n: layer.weight_format for n, layer in self.layers.items() if layer.weight_format is not None},
+            threshold=oc.mantissa_shift_threshold, patience=oc.mantissa_shift_patience,
+        ) if oc.mantissa_shift else None
         self.autocast = tc.autocast and self.device.type == "cuda"
         self.forward = torch.compile(self.model) if tc.compile else self.model
 
@@ -180,6 +186,7 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "rng": _rng_state(),
             "dead_steps": self.dead_steps,
+            "mantissa_shift": self.mantissa_shift.state_dict() if self.mantissa_shift else {},
             "trainer": {
                 "best_val": self.best_val, "best_train": self.best_train, "nan_streak": self.nan_streak,
                 "nan_checkpointed": self.nan_checkpointed, "rising": self.rising, "last_alert": self.last_alert,
@@ -191,12 +198,11 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         t = state["trainer"]
-        if t["config_hash"] != self.cfg.config_hash():
-            raise AltgradError(
-                f"{self.out}/checkpoints belong to a different config (hash {t['config_hash']}, now "
-                f"{self.cfg.config_hash()}); move them away to start over, or restore the config"
-            )
         self.step = int(state["step"])
+        if self.mantissa_shift is not None:  # shifted layers first: their quantizer state must fit
+            self.mantissa_shift.load_state_dict(state["mantissa_shift"])
+            for name, fmt in self.mantissa_shift.formats.items():
+                self._set_weight_format(name, fmt)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
@@ -217,6 +223,15 @@ class Trainer:
     def resume(self) -> bool:
         state = self.store.load_latest(self.device)
         if state is None:
+            return False
+        saved_hash = state["trainer"]["config_hash"]
+        if saved_hash != self.cfg.config_hash():
+            # The run's config changed (e.g. Snakemake reruns it with a new lr): start over, but
+            # keep the old state beside, never delete it.
+            stale = self.store.directory.with_name(f"checkpoints.{saved_hash}")
+            os.replace(self.store.directory, stale)
+            warnings.warn(f"{self.store.directory} belonged to config {saved_hash}, not {self.cfg.config_hash()}; "
+                          f"moved to {stale} and starting from step 0")
             return False
         self.load_state_dict(state)
         partial = self.out / "checkpoints" / "steps.partial.parquet"
@@ -321,6 +336,8 @@ class Trainer:
             self._grad_stats(row)
             if self.shadow is not None and self.step % tc.shadow_interval == 0:
                 self._shadow_cosine(batches, row)
+            if self.cfg.optimizer.partition_clip:
+                partition_relative_clip(self.optimizer.param_groups, self.cfg.optimizer.partition_clip_threshold)
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
             row["grad_norm"] = norm.item()
             before = {n: p.detach().clone() for n, p in self.matrices.items()}
@@ -328,6 +345,11 @@ class Trainer:
             self.optimizer.step()
             row.update(self.diagnostics.after_step())
             self._zero_update(before, row)
+            if self.mantissa_shift is not None:
+                for event in self.mantissa_shift.observe(self.step, row):
+                    self._set_weight_format(event["layer"], self.mantissa_shift.formats[event["layer"]])
+                    self._event("mantissa_shift", f"{event['layer']}: {event['from']} -> {event['to']} "
+                                f"({event['reason']})", tracker)
             if tc.rank_interval and self.step % tc.rank_interval == 0:
                 ranks, rank_warnings = self.diagnostics.rank_stats()
                 for warning in rank_warnings:
@@ -338,6 +360,18 @@ class Trainer:
         row["tokens_per_s"] = self.tokens_per_step / elapsed
         self.elapsed += elapsed
         return row
+
+    def _set_weight_format(self, name: str, fmt) -> None:
+        """Move one layer's weight to `fmt` everywhere its grid is known."""
+        layer = self.layers[name]
+        if layer.weight_format == fmt:
+            return
+        layer.set_weight_format(fmt)
+        for group in self.optimizer.param_groups:
+            if group["params"][0] is layer.weight and group.get("fmt") is not None:
+                group["fmt"] = fmt
+        p, _, scale = self.diagnostics.geometry[name]
+        self.diagnostics.geometry[name] = (p, fmt, scale)
 
     def _zero_update(self, before: dict, row: dict) -> None:
         """Fraction of weights with a non-zero gradient that did not change (bit-stall)."""
