@@ -24,7 +24,6 @@ from altgrad.optim import (
     partition_relative_clip,
     stiffness,
 )
-from altgrad.optim.build import DEFAULT_ULP_LR
 from altgrad.quantization import FORMAT_NAMES, FloatFormat, encode, get_format, quantize
 from altgrad.training.config import RunConfig
 
@@ -425,10 +424,12 @@ def test_build_optimizer_from_config(name, master, cls):
                     {"params": [bias], "weight_decay": 0.0}]
     optimizer = build_optimizer(model_groups, cfg.optimizer, cfg.train)
     assert type(optimizer) is cls and "lr" not in model_groups[0]
-    expected_lr = DEFAULT_ULP_LR if name == "manifold_adamw" else cfg.train.lr
+    # ManifoldAdamW: gridded weights at ulp_lr (ULPs); GridOptim: every group at grid_lr (SGD)
+    expected_lr = {"manifold_adamw": cfg.optimizer.ulp_lr, "grid": cfg.optimizer.grid_lr}.get(name, cfg.train.lr)
     assert optimizer.param_groups[0]["lr"] == expected_lr
     assert optimizer.param_groups[0]["lr_scale"] == expected_lr / cfg.train.lr
-    assert optimizer.param_groups[1]["lr"] == cfg.train.lr and optimizer.param_groups[1]["weight_decay"] == 0.0
+    other_lr = cfg.optimizer.grid_lr if name == "grid" else cfg.train.lr
+    assert optimizer.param_groups[1]["lr"] == other_lr and optimizer.param_groups[1]["weight_decay"] == 0.0
     w.grad, bias.grad = torch.randn(8, 4), torch.randn(4)
     optimizer.step()
     on_grid = torch.equal(w.detach(), quantize(w.detach() * 512.0, fmt) / 512.0)
