@@ -145,3 +145,19 @@ def test_a_changed_config_starts_over_and_keeps_the_old_state(corpus, tmp_path):
         summary = train(changed, tmp_path / "run", progress=False)
     assert summary["steps"] == 6
     assert len(list(tmp_path.glob("run/checkpoints.*/step-*.pt"))) >= 1
+
+
+@pytest.mark.parametrize("optimizer, master", [("manifold_adamw", "fp32"), ("grid", "fp32"), ("adamw", "grid"),
+                                               ("manifold_adamw", "grid")])
+def test_every_optimizer_trains_and_writes_its_diagnostics(corpus, tmp_path, optimizer, master):
+    cfg = tiny_config(corpus, **{"optimizer.name": optimizer, "optimizer.master_weights": master,
+                                 "train.shadow_interval": 0})
+    train(cfg, tmp_path / "run", progress=False)
+    steps = pd.read_parquet(tmp_path / "run" / "steps.parquet")
+    assert steps["loss"].iloc[-5:].mean() < steps["loss"].iloc[:5].mean() - 0.3
+    for column in ("update.flips", "update.attempted", "update.stall_ratio", "update.h.0.attn.c_attn.bitpos_mean",
+                   "update.h.0.attn.c_attn.grid_distance", "update.h.0.mlp.c_fc.grad_stiffness_corr",
+                   "rank.lm_head.stable", "rank.h.1.attn.c_proj.effective", "zero_update_frac"):
+        assert steps[column].notna().any(), column
+    if master == "grid" or optimizer == "grid":  # stored weights are grid points: no distance to the grid
+        assert steps["update.h.0.attn.c_attn.grid_distance"].max() == 0

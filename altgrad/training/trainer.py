@@ -83,7 +83,10 @@ def lr_at(step: int, cfg) -> float:
 
 
 def _short(name: str) -> str:
-    return name.removeprefix("transformer.").removesuffix(".weight")
+    """Column-friendly parameter name; the tied token embedding is reported as lm_head,
+    the role in which a collapse matters (named_parameters lists the shared weight once)."""
+    short = name.removeprefix("transformer.").removesuffix(".weight")
+    return "lm_head" if short == "wte" else short
 
 
 def _rng_state() -> dict[str, Any]:
