@@ -107,10 +107,158 @@ def _run_prepare(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train one run (resumes from OUT/checkpoints if present)",
+        description="Train one run from a run config; writes OUT/steps.parquet and OUT/summary.json.",
+    )
+    p.add_argument("--config", required=True, help="run config YAML")
+    p.add_argument("--out", required=True, help="run directory, e.g. results/runs/e5m2-manifold-s0")
+    p.add_argument("--run-id", default=None, help="run id (default: the name of --out)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; set it to the cores the job owns, "
+                        "or parallel jobs spin against each other)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from altgrad.training.config import RunConfig
+    from altgrad.training.trainer import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    summary = train(RunConfig.from_yaml(args.config), args.out, run_id=args.run_id, progress=not args.quiet)
+    detail = f"diverged at step {summary['diverged_at']}" if summary["status"] == "diverged" else "completed"
+    print(f"{summary['run_id']}: {detail}, {summary['steps']} steps, best val loss {summary['best_val_loss']}")
+
+
+# ---------------------------------------------------------------------------------------
+# export, report, plan (experiment-level: what the pipeline's export/report rules and
+# the budget table use)
+# ---------------------------------------------------------------------------------------
+def _read_experiment_config(paths: Sequence[str]) -> dict:
+    """Merge experiment config files in order; ``-`` reads one (JSON or YAML) from stdin."""
+    import yaml
+
+    from altgrad.analysis.matrix import ExperimentError, _deep_merge, load_experiment_files
+
+    merged: dict = {}
+    for path in paths:
+        if path == "-":
+            try:
+                data = yaml.safe_load(sys.stdin.read())
+            except yaml.YAMLError as e:
+                raise ExperimentError([f"not valid YAML/JSON: {e}"], "<stdin>") from None
+            if data is not None and not isinstance(data, dict):
+                raise ExperimentError(["expected a mapping at the top level"], "<stdin>")
+            _deep_merge(merged, data or {})
+        else:
+            _deep_merge(merged, load_experiment_files([path]))
+    return merged
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="collect run directories into metrics.parquet and summary.parquet/.csv",
+        description=(
+            "Collect finished run directories (steps.parquet, summary.json, run.json) into one "
+            "metrics table (every step of every run) and one summary table (one row per run). "
+            "Files are written atomically."
+        ),
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, e.g. results/runs/e5m2-adamw-s0")
+    p.add_argument("--metrics", default="results/metrics.parquet", help="default: results/metrics.parquet")
+    p.add_argument("--summary", default="results/summary.parquet", help="default: results/summary.parquet")
+    p.add_argument("--csv", default=None, help="also write the summary as CSV here")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from altgrad.analysis.export import export_runs
+
+    metrics, summary = export_runs(args.runs, args.metrics, args.summary, args.csv)
+    n_div = int((summary["status"] == "diverged").sum())
+    print(f"exported {len(summary)} runs ({n_div} diverged), {len(metrics)} metric rows -> {args.metrics}, {args.summary}")
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="render results/report.html from the exported tables",
+        description="Render the HTML report from RESULTS/summary.parquet and the experiment's budget.",
+    )
+    p.add_argument("--results", default="results", help="directory with summary.parquet (default: results)")
+    p.add_argument("--out", default=None, help="output HTML (default: RESULTS/report.html)")
+    p.add_argument(
+        "--config", action="append", default=[], metavar="FILE",
+        help="experiment config (repeatable, later files win; - = stdin) for the budget table",
+    )
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> None:
+    from altgrad.analysis.report import build_report
+
+    config = _read_experiment_config(args.config) if args.config else None
+    out = build_report(args.results, args.out or f"{args.results}/report.html", config)
+    print(f"wrote {out}")
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="validate an experiment config, list its runs and print the budget table",
+        description=(
+            "Validate an experiment config (every problem at once), expand it into runs and "
+            "print the budget table: FLOPs, device-hours and USD per job, with totals. "
+            "Exits 2 on an invalid config, and with --check also when over budget.usd."
+        ),
+    )
+    p.add_argument(
+        "--config", action="append", default=[], metavar="FILE",
+        help="experiment config (repeatable, later files win; - = stdin; default: config/config.yaml)",
+    )
+    p.add_argument("--schema", default="workflow/schemas/config.schema.yaml",
+                   help="JSON schema to check the structure against (skipped if the file is absent)")
+    p.add_argument("--data-root", default="data", help="prepared corpora, for the vocabulary and block size checks")
+    p.add_argument("--check", action="store_true", help="fail when the total exceeds budget.usd")
+    p.add_argument("--runs", action="store_true", help="print only the run ids, one per line")
+    p.set_defaults(func=_run_plan)
+
+
+def _run_plan(args: argparse.Namespace) -> None:
+    import os
+
+    from altgrad.analysis.matrix import load_experiment
+
+    paths = args.config or ["config/config.yaml"]
+    schema = args.schema if args.schema and os.path.exists(args.schema) else None
+    exp = load_experiment(_read_experiment_config(paths), schema=schema, data_root=args.data_root,
+                          source=", ".join(paths))
+    if args.runs:
+        print("\n".join(exp.run_ids))
+        return
+    print(exp.budget_report())
+    if args.check:
+        exp.check_budget()
+
+
+# ---------------------------------------------------------------------------------------
 # registry and entry point
 # ---------------------------------------------------------------------------------------
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_prepare,
+    _add_train,
+    _add_export,
+    _add_report,
+    _add_plan,
 ]
 
 
