@@ -149,6 +149,7 @@ class Trainer:
             {n: layer.weight_format for n, layer in self.layers.items() if layer.weight_format is not None},
             threshold=oc.mantissa_shift_threshold, patience=oc.mantissa_shift_patience,
         ) if oc.mantissa_shift else None
+        # bf16 autocast on CUDA only: on CPU it is slow and would blur the simulated numerics
         self.autocast = tc.autocast and self.device.type == "cuda"
         self.forward = torch.compile(self.model) if tc.compile else self.model
 
@@ -325,7 +326,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         batches = self._micro_batches()
-        loss = self._loss_and_grads(self.model, batches)
+        loss = self._loss_and_grads(self.forward, batches)
         row: dict[str, Any] = {"step": self.step, "tokens": (self.step + 1) * self.tokens_per_step, "lr": lr, "loss": loss}
         grads_finite = all(torch.isfinite(p.grad).all() for p in self.model.parameters() if p.grad is not None)
         row["nan_source"] = "" if math.isfinite(loss) and grads_finite else ("loss" if not math.isfinite(loss) else "gradients")
