@@ -9,25 +9,15 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from altgrad.files import atomic_write
+
 _STEP_FILE = re.compile(r"^step-(\d{8})\.pt$")
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class CheckpointStore:
@@ -47,9 +37,9 @@ class CheckpointStore:
     def save(self, state: dict[str, Any], step: int, best: bool = False) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"step-{step:08d}.pt"
-        _atomic_save(state, path)
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
         if best:
-            _atomic_save(state, self.directory / "best.pt")
+            atomic_write(self.directory / "best.pt", lambda tmp: torch.save(state, tmp))
         for old in self.step_files()[self.keep :]:
             old.unlink()
         return path

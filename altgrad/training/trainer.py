@@ -17,7 +17,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 
 from altgrad.analysis.budget import ModelShape, flops_per_token, param_counts
 from altgrad.errors import AltgradError
+from altgrad.files import atomic_open, atomic_write
 from altgrad.nn import PrecisionRecipe, PrecisionRule, collect_telemetry, quantize_model, quantized_layers, weight_formats
 from altgrad.optim import MantissaShift, UpdateDiagnostics, build_optimizer, partition_relative_clip
 from altgrad.training.checkpoint import CheckpointStore
@@ -41,27 +41,13 @@ TIMING_COLUMNS = ("tokens_per_s", "step_time_s")  # the only columns that differ
 DEAD_GRAD = 1e-8  # |g| below this counts as zero for the dead-gradient fraction
 
 
-def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_parquet(rows: list[dict], path: Path) -> None:
-    _write_atomic(path, lambda tmp: pd.DataFrame(rows).to_parquet(tmp, index=False))
+    atomic_write(path, lambda tmp: pd.DataFrame(rows).to_parquet(tmp, index=False))
 
 
 def write_json(obj: dict, path: Path) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
-
-    _write_atomic(path, write)
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
 
 
 def pick_device(name: str) -> torch.device:
