@@ -185,7 +185,8 @@ def _run_export(args: argparse.Namespace) -> None:
 
     metrics, summary = export_runs(args.runs, args.metrics, args.summary, args.csv)
     n_div = int((summary["status"] == "diverged").sum())
-    print(f"exported {len(summary)} runs ({n_div} diverged), {len(metrics)} metric rows -> {args.metrics}, {args.summary}")
+    print(f"exported {len(summary)} runs ({n_div} diverged), {len(metrics)} metric rows "
+          f"-> {args.metrics}, {args.summary}")
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,214 @@
+"""The experiment matrix: run ids, per-run configs, validation of a whole config, the budget."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from altgrad.analysis.budget import BudgetExceeded, ModelShape, budget_totals, flops_per_token, plan_job
+from altgrad.analysis.matrix import (
+    ExperimentError,
+    library_hash,
+    load_experiment,
+    load_experiment_files,
+    normalize_scalars,
+    run_id,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+REGISTRY_8 = ["bf16", "e5m2", "e4m3", "e3m4", "e2m5", "e1m6", "e0m7", "e7m0"]
+
+
+def small(**sections) -> dict:
+    cfg = {
+        "corpus": {"name": "eurlex-sample", "source": "eurlex-sample", "compact_vocab": True},
+        "run": {"model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32},
+                "train": {"max_steps": 10, "batch_size": 2, "warmup_steps": 2, "device": "cpu"}},
+        "grid": {"formats": ["bf16", "e5m2"], "optimizers": ["adamw"], "seeds": [0]},
+        "budget": {"usd": 20, "device": "cpu", "price_usd_per_hour": 0},
+    }
+    cfg.update(copy.deepcopy(sections))
+    return cfg
+
+
+def load(cfg, **kw):
+    return load_experiment(cfg, schema=SCHEMA, **kw)
+
+
+def test_run_ids_follow_the_naming_rule():
+    assert run_id("e5m2", "manifold_adamw", "fp32", 0) == "e5m2-manifold-s0"
+    assert run_id("bf16", "adamw", "fp32", 0) == "bf16-adamw-s0"
+    assert run_id("e4m3", "grid", "grid", 2) == "e4m3-grid-grid-s2"
+    assert run_id("e4m3", "adamw", "grid", 1, tag="lr3e4") == "e4m3-adamw-grid-s1-lr3e4"
+
+
+def test_grid_ab_and_extra_runs_expand_into_validated_run_configs():
+    exp = load(small(
+        grid={"formats": ["bf16", "e5m2"], "optimizers": ["adamw", "manifold"], "master_weights": ["fp32", "grid"],
+              "seeds": [0, 1]},
+        ab={"formats": ["e3m4"], "optimizers": ["grid"]},
+        recipes={"hybrid": {"weight": "e4m3", "activation": "e4m3", "gradient": "e5m2"}},
+        extra_runs=[{"format": "hybrid", "optimizer": "manifold_adamw", "seed": 3, "tag": "lr",
+                     "overrides": {"train.lr": 2e-3, "model": {"n_layer": 2}}}],
+    ))
+    assert len(exp.runs) == 2 * 2 * 2 * 2 + 2 + 1
+    assert exp.run_ids[:3] == ["bf16-adamw-s0", "bf16-adamw-s1", "bf16-adamw-grid-s0"]
+    r = exp.runs["e5m2-manifold-grid-s1"]
+    c = r.config
+    assert (c.precision.weight, c.precision.activation, c.precision.gradient) == ("e5m2",) * 3
+    assert (c.optimizer.name, c.optimizer.master_weights) == ("manifold_adamw", "grid")
+    assert (c.train.seed, c.train.data_seed) == (1, 1001)
+    assert c.data.train_bin == "data/eurlex-sample/train.bin"
+    ab = exp.runs["e3m4-grid-s0"]  # ab seeds default to the grid's
+    assert ab.origin == "ab" and ab.config.optimizer.name == "grid" and "e3m4-grid-s1" in exp.runs
+    h = exp.runs["hybrid-manifold-s3-lr"]
+    assert (h.config.precision.weight, h.config.precision.gradient) == ("e4m3", "e5m2")
+    assert h.config.train.lr == 2e-3 and h.config.model.n_layer == 2 and h.config.train.data_seed == 1003
+    assert h.labels()["format"] == "hybrid" and h.labels()["optimizer"] == "manifold"
+    # one seed = one init and one batch order across formats and optimizers
+    seeds = {(x.config.train.seed, x.config.train.data_seed) for x in exp.runs.values() if x.seed == 0}
+    assert seeds == {(0, 1000)}
+    # the resolved config is what `altgrad train` reads back
+    from altgrad.training.config import RunConfig
+
+    assert RunConfig.from_dict(json.loads(r.config_json())) == c
+
+
+def test_every_problem_is_reported_at_once():
+    cfg = small(
+        grid={"formats": ["e5m2", "e9m9", "bf61"], "optimizers": ["adamw", "adam"]},
+        extra_runs=[{"format": "e5m2", "optimizer": "adamw"},
+                    {"format": "bf16", "tag": "neg", "overrides": {"train.lr": -0.1}}],
+        gird={},
+    )
+    cfg["corpus"]["colour"] = "blue"
+    with pytest.raises(ExperimentError) as info:
+        load(cfg)
+    text = str(info.value)
+    problems = info.value.problems
+    assert len(problems) == 7, text
+    assert "gird: unknown key (did you mean 'grid'?)" in text
+    assert "corpus.colour: unknown key" in text
+    assert "grid.optimizers[1]: 'adam' is not one of" in text
+    assert "grid.formats[1]: unknown format 'e9m9'" in text
+    assert "grid.formats[2]: unknown format 'bf61' (did you mean 'bf16'?)" in text
+    assert "extra_runs[1] (bf16-adamw-s0-neg): train.lr: must be > 0, got -0.1" in text
+    assert "duplicate run id 'e5m2-adamw-s0' (from grid, extra_runs[0])" in text
+
+
+def test_base_run_problems_are_reported_once_not_per_run():
+    cfg = small(grid={"formats": REGISTRY_8, "optimizers": ["adamw", "manifold_adamw"]})
+    cfg["run"]["train"]["lr"] = -1
+    cfg["run"]["model"]["n_head"] = 3
+    cfg["run"]["data"] = {"train_bin": "x"}
+    with pytest.raises(ExperimentError) as info:
+        load(cfg)
+    assert info.value.problems == [
+        "run.data: the data paths are filled in from `corpus`; remove run.data",
+        "run.model.n_embd: 32 is not divisible by n_head (3)",
+        "run.train.lr: must be > 0, got -1.0",
+    ]
+
+
+def test_recipes_are_checked_and_may_not_shadow_registry_names():
+    cfg = small(recipes={"hyb": {"weight": "e4m3", "gradient": "e5m3"}, "e5m2": {"weight": "e4m3"}},
+                grid={"formats": ["hyb"], "optimizers": ["adamw"]})
+    with pytest.raises(ExperimentError) as info:
+        load(cfg)
+    assert info.value.problems == [
+        "recipes.hyb.gradient: unknown value 'e5m3'; valid: bf16, e5m2, e4m3, e3m4, e2m5, e1m6, e0m7, e7m0, e8m0 "
+        "(did you mean 'e5m2'?)",
+        "recipes.e5m2: a recipe may not be named like a registry format",
+    ]
+
+
+def test_block_size_is_checked_against_a_prepared_corpus(tmp_path):
+    meta = {"source": {"name": "eurlex-sample"}, "split": {"seed": 0, "val_fraction": 0.1}, "compact_vocab": True,
+            "tokens": {"train": 5000, "val": 100}, "vocab_size": 900}
+    (tmp_path / "eurlex-sample").mkdir()
+    (tmp_path / "eurlex-sample" / "meta.json").write_text(json.dumps(meta))
+    cfg = small()
+    cfg["run"]["model"]["block_size"] = 100
+    with pytest.raises(ExperimentError, match=r"block_size 100 .* 5000 train and 100 val tokens"):
+        load(cfg, data_root=tmp_path)
+    cfg["run"]["model"]["block_size"] = 99
+    exp = load(cfg, data_root=tmp_path)
+    assert exp.jobs()[0].shape.vocab_size == 900  # the budget uses the prepared vocabulary
+    # a meta.json made from another corpus config is not used (prepare will rerun)
+    cfg["corpus"]["seed"] = 1
+    cfg["run"]["model"]["block_size"] = 100
+    assert load(cfg, data_root=tmp_path).meta is None
+
+
+def test_strings_from_yaml11_and_untyped_cli_values_become_numbers():
+    assert normalize_scalars({"a": "3e-4", "b": ["1", "-2.5", "true", "null", "e5m2", "1_000"]}) == {
+        "a": 3e-4, "b": [1, -2.5, True, None, "e5m2", 1000]}
+    cfg = small()
+    cfg["run"]["train"]["lr"] = "3e-4"
+    cfg["budget"]["usd"] = "5"
+    exp = load(cfg)
+    assert exp.runs["bf16-adamw-s0"].config.train.lr == 3e-4 and exp.budget["usd"] == 5
+
+
+def test_budget_is_the_budget_modules_computation():
+    exp = load(small(budget={"usd": 20, "device": "h100", "price_usd_per_hour": 2.69, "mfu": 0.3}))
+    jobs = exp.jobs()
+    run = exp.runs["e5m2-adamw-s0"]
+    t = run.config.train
+    shape = ModelShape(1, 2, 32, 32, 50257)
+    # tokens: steps x batch x block; FLOPs: the budget module's per-token count, scaled for the eval passes
+    n_evals = len(range(0, t.max_steps, t.eval_interval)) + 1
+    factor = 1 + n_evals * t.eval_batches * t.batch_size / (3 * t.max_steps * t.batch_size)
+    ref = plan_job("x", shape, 10 * 2 * 32, device="h100", mfu=0.3, price=2.69,
+                   flops_fn=lambda s: factor * flops_per_token(s))
+    job = jobs[exp.run_ids.index("e5m2-adamw-s0")]
+    assert job.tokens == 640 and math.isclose(job.flops, ref.flops) and math.isclose(job.usd, ref.usd)
+    assert "TOTAL (2 jobs)" in exp.budget_report() and exp.check_budget() == pytest.approx(budget_totals(jobs).usd)
+    tight = load(small(budget={"usd": 1e-9, "device": "h100", "price_usd_per_hour": 2.69}))
+    with pytest.raises(BudgetExceeded, match=r"exceeds the budget \$0\.00 by .*run\.train\.max_steps"):
+        tight.check_budget()
+
+
+def test_embedded_default_is_the_promised_cpu_matrix():
+    exp = load(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
+    for fmt in REGISTRY_8:
+        assert {f"{fmt}-adamw-s0", f"{fmt}-manifold-s0"} <= set(exp.runs)
+    assert {"e5m2-grid-s0", "e3m4-grid-s0", "e7m0-grid-s0"} <= set(exp.runs)
+    assert exp.corpus["source"]["name"] == "eurlex-sample" and exp.corpus["compact_vocab"]
+    for run in exp.runs.values():
+        assert run.config.train.device == "cpu"
+        assert run.config.tracking.wandb_mode in ("disabled", "offline")
+    assert exp.budget["usd"] == 20
+
+
+def test_runpod_matrix_is_the_research_plan_and_fits_the_budget():
+    exp = load(load_experiment_files([ROOT / "config" / "runpod.yaml"]))
+    m = next(iter(exp.runs.values())).config.model
+    assert (m.n_layer, m.n_embd, m.n_head, m.block_size, m.vocab_size) == (6, 384, 6, 256, None)
+    assert not exp.corpus["compact_vocab"] and exp.corpus["source"]["name"] == "lex_glue"
+    assert {r.seed for r in exp.runs.values()} == {0, 1, 2}
+    assert all(r.config.train.device == "cuda" and r.config.train.autocast for r in exp.runs.values())
+    assert (exp.budget["device"], exp.budget["price_usd_per_hour"], exp.budget["mfu"]) == ("h100", 2.69, 0.3)
+    total = exp.check_budget()
+    assert 0 < total <= 20
+    assert {j.shape.vocab_size for j in exp.jobs()} == {50257}
+
+
+def test_library_hash_follows_the_source(tmp_path):
+    import altgrad
+
+    src = Path(altgrad.__file__).parent
+    copy_root = tmp_path / "altgrad"
+    for pkg in ("quantization", "nn", "optim", "training"):
+        shutil.copytree(src / pkg, copy_root / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    assert library_hash(root=copy_root) == library_hash()
+    with open(copy_root / "quantization" / "formats.py", "a") as f:
+        f.write("\n# a changed quantizer\n")
+    assert library_hash(root=copy_root) != library_hash()
