@@ -447,7 +447,6 @@ __all__ = [
     "META_FORMAT",
     "TOKENIZER_NAME",
     "TokenBin",
-    "atomic_open",
     "decode_ids",
     "eval_batches",
     "load_meta",
