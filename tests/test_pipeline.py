@@ -22,7 +22,6 @@ import pytest
 import yaml
 
 from altgrad.analysis.export import export_runs
-from altgrad.analysis.report import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -156,15 +155,6 @@ def test_export_collects_runs_into_metrics_and_summary(tmp_path):
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
 
 
-def test_report_renders_runs_and_budget(tmp_path):
-    a = _fake_run(tmp_path / "runs", "bf16-adamw-s0")
-    b = _fake_run(tmp_path / "runs", "e5m2-manifold-s0", status="diverged")
-    export_runs([a, b], tmp_path / "results" / "metrics.parquet", tmp_path / "results" / "summary.parquet")
-    html = build_report(tmp_path / "results", tmp_path / "results" / "report.html", tiny_config()).read_text()
-    assert "bf16-adamw-s0" in html and "e5m2-manifold-s0" in html and 'class="diverged"' in html
-    assert "TOTAL (3 jobs)" in html  # the budget table of the experiment config
-
-
 def test_profiles_do_not_fight():
     """profiles/default is loaded with every --profile and wins key by key: it must not
     set a key that runpod or slurm sets."""
@@ -250,6 +240,10 @@ def test_staleness_complete_run_then_noop_then_one_lr_then_corpus(tmp_path):
     assert (s.steps == 12).all() or (s.status == "diverged").any()
     html = (wf / "results" / "report.html").read_text()
     assert all(r in html for r in TINY_RUNS)
+    # the verdict first, and the budget planned (from the experiment config) vs spent
+    assert html.index('id="verdict"') < html.index('id="runs"')
+    assert "FLOPs planned" in html and "snakemake --cores 2" in html
+    assert sorted(p.name for p in (wf / "results" / "figures").glob("*.png"))
     cfg_written = yaml.safe_load((wf / "results/runs/e5m2-grid-s0/config.yaml").read_text())
     assert cfg_written["train"]["lr"] == 1e-2 and cfg_written["optimizer"]["name"] == "grid"
     labels = json.loads((wf / "results/runs/e5m2-grid-s0/run.json").read_text())

@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from altgrad.analysis.verdict import run_table
 from altgrad.errors import AltgradError
 from altgrad.files import atomic_write
 
@@ -85,6 +86,8 @@ def export_runs(
     table = pd.DataFrame(rows)
     for col in ("seed", "steps", "tokens", "params_total", "params_non_embedding", "diverged_at", "n_events"):
         table[col] = table[col].astype("Int64")
+    # the per-run evidence: gap to the same seed's BF16 run, stall, rates, cosine, GPU-hours
+    table = run_table(table, metrics)
     atomic_write(metrics_path, lambda tmp: metrics.to_parquet(tmp, index=False))
     atomic_write(summary_path, lambda tmp: table.to_parquet(tmp, index=False))
     if csv_path is not None:

@@ -25,7 +25,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from altgrad.quantization import BlockScaling, DelayedScaling, FloatFormat, QuantStats, scaled_quantize
+from altgrad.quantization import (
+    BlockScaling,
+    DelayedScaling,
+    FloatFormat,
+    QuantStats,
+    scaled_quantize,
+)
 
 from .recipe import PrecisionRecipe
 

@@ -19,7 +19,12 @@ from .geometry import (
 )
 from .grid_optim import GridOptim
 from .manifold import ManifoldAdamW, ManifoldSGD
-from .safety import MANTISSA_LADDER, MantissaShift, one_more_mantissa_bit, partition_relative_clip
+from .safety import (
+    MANTISSA_LADDER,
+    MantissaShift,
+    one_more_mantissa_bit,
+    partition_relative_clip,
+)
 
 __all__ = [
     "HIST_BINS",

@@ -8,6 +8,7 @@ from .geometry import GridProjection, keep_geometry_out_of_state
 from .grid_optim import GridOptim
 from .manifold import ManifoldAdamW
 
+
 def build_optimizer(model_param_groups, optimizer_cfg, train_cfg) -> torch.optim.Optimizer:
     """Build from OptimizerConfig + TrainConfig.
 

@@ -39,7 +39,13 @@ import torch
 
 from altgrad.quantization import FloatFormat
 
-from .geometry import count_nonzero, current_scale, grid_position, stiffness, to_grid_units
+from .geometry import (
+    count_nonzero,
+    current_scale,
+    grid_position,
+    stiffness,
+    to_grid_units,
+)
 
 HIST_BINS = ("0", "1", "2-3", "4-7", "8+")
 SAMPLE_BLOCK = 64

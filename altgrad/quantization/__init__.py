@@ -3,7 +3,13 @@
 from .autograd import dequantize, fake_quantize
 from .formats import FORMAT_NAMES, FORMATS, FloatFormat, get_format, is_passthrough
 from .quantize import QuantStats, decode, encode, quantize
-from .scaling import BlockScaling, CurrentScaling, DelayedScaling, make_scaling, scaled_quantize
+from .scaling import (
+    BlockScaling,
+    CurrentScaling,
+    DelayedScaling,
+    make_scaling,
+    scaled_quantize,
+)
 
 __all__ = [
     "FORMAT_NAMES",

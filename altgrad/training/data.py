@@ -36,7 +36,12 @@ import torch
 from altgrad.errors import AltgradError
 from altgrad.files import atomic_open, sha256_file, temp_beside
 from altgrad.training.corpus import Document, iter_records, normalize_source
-from altgrad.training.tokenizer import GPT2_EOT_ID, GPT2_VOCAB_SIZE, TOKENIZER_NAME, get_tokenizer
+from altgrad.training.tokenizer import (
+    GPT2_EOT_ID,
+    GPT2_VOCAB_SIZE,
+    TOKENIZER_NAME,
+    get_tokenizer,
+)
 
 TOKEN_DTYPE = np.uint16
 META_FORMAT = "altgrad-tokens/1"

@@ -26,14 +26,26 @@ import numpy as np
 import pandas as pd
 import torch
 
-from altgrad.analysis.budget import ModelShape, flops_per_token, param_counts
 from altgrad.errors import AltgradError
 from altgrad.files import atomic_open, atomic_write
-from altgrad.nn import PrecisionRecipe, PrecisionRule, collect_telemetry, quantize_model, quantized_layers, weight_formats
-from altgrad.optim import MantissaShift, UpdateDiagnostics, build_optimizer, partition_relative_clip
+from altgrad.nn import (
+    PrecisionRecipe,
+    PrecisionRule,
+    collect_telemetry,
+    quantize_model,
+    quantized_layers,
+    weight_formats,
+)
+from altgrad.optim import (
+    MantissaShift,
+    UpdateDiagnostics,
+    build_optimizer,
+    partition_relative_clip,
+)
 from altgrad.training.checkpoint import CheckpointStore
 from altgrad.training.config import RunConfig
 from altgrad.training.data import BatchSampler, TokenBin, eval_batches, load_meta
+from altgrad.training.flops import ModelShape, flops_per_token, param_counts
 from altgrad.training.model import GPT
 from altgrad.training.tracking import Tracker
 

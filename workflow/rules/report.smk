@@ -19,16 +19,23 @@ rule export:
         "{params.dirs} > {log} 2>&1"
 
 
+# The command line shown in the report's footer: not a param, so another invocation
+# (e.g. `snakemake -n`) does not make the report stale.
+INVOCATION = shlex.join(["snakemake", *sys.argv[1:]])
+
+
 rule report:
     input:
         summary="results/summary.parquet",
         metrics="results/metrics.parquet",
     output:
-        report("results/report.html", category="Results", labels={"table": "report"}),
+        html=report("results/report.html", category="Results", labels={"table": "report"}),
+        figures=report(directory("results/figures"), patterns=["{name}.png"], category="Figures"),
     params:
         experiment=json.dumps(EXP.raw, sort_keys=True),
     log:
         "results/logs/report.log",
     shell:
         "printf '%s' {params.experiment:q} | "
-        "{ALTGRAD} report --results results --config - --out {output} > {log} 2>&1"
+        "{ALTGRAD} report --results results --config - --out {output.html} --figures {output.figures} "
+        "--command {INVOCATION:q} > {log} 2>&1"

@@ -1,0 +1,511 @@
+"""The report page: one self-contained HTML file (images inlined as base64, no JS, no network).
+
+    from altgrad.analysis.html import ReportContext, render_report
+    ctx = ReportContext.collect(command="snakemake --cores 1 results/report.html", config=exp.raw,
+                                planned=exp.jobs(), budget_usd=exp.budget["usd"], corpus=exp.meta, ...)
+    page = render_report(summary_df, metrics_df, ctx)     # str; the caller writes it atomically
+
+``summary_df``/``metrics_df`` are the tables of :func:`altgrad.analysis.export.export_runs`.
+Page order: verdict (with ranking and A/B tables), failure attribution (rules and thresholds
+printed), figures, per-run table, setup, budget planned vs spent, reproducibility footer.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import math
+import os
+import platform
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from altgrad.analysis.verdict import (
+    NO_CI,
+    Thresholds,
+    Verdict,
+    arm_label,
+    build_verdict,
+    describe_rules,
+    optimizer_name,
+)
+
+__all__ = ["ReportContext", "render_report"]
+
+
+@dataclass
+class ReportContext:
+    """What the tables cannot tell the page; every field is optional (the page says "not given").
+
+    command      the exact command that produced the page (reproducibility footer)
+    config       the experiment config (mapping, shown as JSON, or text shown verbatim)
+    config_hash  a hash of that config (setup table)
+    commit       the source commit (setup table and footer)
+    versions     package -> version (footer; :meth:`collect` fills altgrad/torch/snakemake/...)
+    hardware     e.g. "2× CPU (x86_64), no GPU" (setup table; :meth:`collect` fills it)
+    corpus       corpus facts: name/source, tokens or train_tokens/val_tokens, documents, vocab_size
+    model        model facts: n_layer, n_head, n_embd, block_size, vocab_size (params come from the runs)
+    planned      the budget plan: JobCost objects (altgrad.analysis.budget) or mappings with
+                 name, gpu_hours, usd, flops (and optionally device, price_usd)
+    budget_usd   the budget cap, if any
+    thresholds   attribution thresholds (:class:`altgrad.analysis.verdict.Thresholds`)
+    title        page title
+    generated    a timestamp text (:meth:`collect` fills it; None keeps the page byte-stable)
+    """
+
+    command: str | None = None
+    config: Mapping[str, Any] | str | None = None
+    config_hash: str | None = None
+    commit: str | None = None
+    versions: Mapping[str, str] = field(default_factory=dict)
+    hardware: str | None = None
+    corpus: Mapping[str, Any] | None = None
+    model: Mapping[str, Any] | None = None
+    planned: Sequence[Any] = ()
+    budget_usd: float | None = None
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    title: str = "altgrad report"
+    generated: str | None = None
+
+    @classmethod
+    def coerce(cls, context: ReportContext | Mapping[str, Any] | None) -> ReportContext:
+        if context is None:
+            return cls()
+        if isinstance(context, cls):
+            return context
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(context) - known
+        if unknown:
+            raise TypeError(f"unknown report context keys: {sorted(unknown)} (known: {sorted(known)})")
+        return cls(**dict(context))
+
+    @classmethod
+    def collect(cls, root: str | os.PathLike | None = None, **fields_: Any) -> ReportContext:
+        """A context with versions, hardware, git commit (of ``root``) and a timestamp filled in;
+        ``fields_`` (any field) override."""
+        base = {"versions": package_versions(), "hardware": hardware_description(), "commit": git_commit(root),
+                "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+        base.update({k: v for k, v in fields_.items() if v is not None})
+        return cls(**base)
+
+
+def package_versions(names: Sequence[str] = ("altgrad", "torch", "snakemake", "pandas", "matplotlib", "numpy")) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for n in names:
+        try:
+            out[n] = version(n)
+        except PackageNotFoundError:
+            out[n] = "not installed"
+    return out
+
+
+def hardware_description() -> str:
+    """``2× CPU (x86_64), no GPU`` or ``... , GPU: NVIDIA H100 80GB HBM3``."""
+    text = f"{os.cpu_count()}× CPU ({platform.processor() or platform.machine()})"
+    try:
+        import torch
+
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
+            if torch.cuda.is_available() else []
+    except (ImportError, RuntimeError):  # no torch, or a broken CUDA setup
+        gpus = []
+    return text + (", GPU: " + ", ".join(gpus) if gpus else ", no GPU")
+
+
+def git_commit(root: str | os.PathLike | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root or Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5, check=False)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root or Path(__file__).parent,
+                               capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip()[:12] + (" (uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+# --------------------------------------------------------------------------- formatting
+
+_CSS = """
+:root { --ink:#1d232a; --muted:#5b6570; --line:#dde2e7; --soft:#f5f7f9; --bad:#fbe9e9; --badink:#a61b1b; }
+* { box-sizing: border-box; }
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--ink); margin: 0; }
+main { max-width: 1500px; margin: 0 auto; padding: 1.5rem 2rem 3rem; }
+h1 { font-size: 1.6rem; margin: 0 0 .2rem; }
+h2 { font-size: 1.2rem; margin: 2.2rem 0 .6rem; padding-bottom: .25rem; border-bottom: 2px solid var(--line); }
+h3 { font-size: 1rem; margin: 1.4rem 0 .4rem; }
+.sub { color: var(--muted); margin: 0 0 1rem; }
+.verdict { background: #eef5fb; border: 1px solid #c9dcec; border-left: 6px solid #1f77b4; border-radius: 6px;
+           padding: .8rem 1.2rem; }
+.verdict p { margin: .45rem 0; }
+.verdict b { color: #114a75; }
+table { border-collapse: collapse; font-size: .82rem; margin: .4rem 0 .8rem; }
+th, td { border-bottom: 1px solid var(--line); padding: .28rem .5rem; text-align: right; vertical-align: top; }
+th { background: var(--soft); font-weight: 600; vertical-align: bottom; }
+td { white-space: nowrap; }
+td.t { white-space: normal; }
+span.arm { white-space: nowrap; }
+span.id { white-space: nowrap; font-family: ui-monospace, monospace; font-size: .78rem; }
+table.kv th { text-align: left; background: none; vertical-align: top; white-space: nowrap; }
+td.t, th.t { text-align: left; }
+tr.diverged td { background: var(--bad); }
+td.status-diverged { color: var(--badink); font-weight: 600; white-space: nowrap; }
+.scroll { overflow-x: auto; }
+figure { margin: 1.2rem 0 1.8rem; }
+figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; display: block; }
+figcaption { color: var(--muted); font-size: .85rem; margin-top: .35rem; max-width: 1100px; }
+.missing { color: var(--muted); font-style: italic; }
+.yes { color: #1c7c2c; font-weight: 600; } .no { color: var(--muted); }
+pre { background: var(--soft); border: 1px solid var(--line); padding: .7rem; overflow-x: auto; font-size: .78rem;
+      white-space: pre-wrap; word-break: break-word; }
+td.evidence { color: var(--muted); font-size: .78rem; border-top: none; padding-top: 0; }
+table.attr tr:has(+ tr td.evidence) td { border-bottom: none; }
+footer { margin-top: 2.5rem; color: var(--muted); font-size: .85rem; }
+.cause-stable { color: #1c7c2c; } .cause-baseline { color: var(--muted); }
+.cause-forward, .cause-gradient, .cause-update, .cause-unattributed { color: var(--badink); font-weight: 600; }
+"""
+
+
+def _missing(v: Any) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+
+
+def fmt_num(v: Any, kind: str = "g") -> str:
+    """The page's number formats: loss (4 decimals), gap (signed), rate, int, sci, g."""
+    if _missing(v):
+        return "–"
+    if isinstance(v, str):
+        return v
+    v = float(v)
+    if not math.isfinite(v):
+        return str(v)
+    if kind == "loss":
+        return f"{v:.4f}"
+    if kind == "gap":
+        return f"{v:+.4f}"
+    if kind == "rate":
+        return "0" if v == 0 else f"{v:.2e}" if v < 1e-3 else f"{v:.3f}"
+    if kind == "int":
+        return f"{v:,.0f}"
+    if kind == "sci":
+        return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
+    if kind == "hours":
+        return "0" if v == 0 else f"{v:.2e}" if v < 0.01 else f"{v:.3f}" if v < 10 else f"{v:.1f}"
+    if kind == "ppl":
+        return f"{v:,.1f}" if v < 1e5 else f"{v:.2e}"
+    return f"{v:.3g}"
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _table(head: Sequence[tuple[str, bool]], rows: Sequence[Sequence[str]], row_classes: Sequence[str] | None = None,
+           cell_classes: Sequence[Sequence[str]] | None = None, table_id: str = "") -> str:
+    """head: (title, is_text); rows: already-escaped cell HTML."""
+    th = "".join(f'<th class="t">{_e(t)}</th>' if text else f"<th>{_e(t)}</th>" for t, text in head)
+    body = []
+    for i, row in enumerate(rows):
+        rc = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
+        tds = []
+        for j, cell in enumerate(row):
+            classes = ["t"] if head[j][1] else []
+            if cell_classes and cell_classes[i][j]:
+                classes.append(cell_classes[i][j])
+            c = f' class="{" ".join(classes)}"' if classes else ""
+            tds.append(f"<td{c}>{cell}</td>")
+        body.append(f"<tr{rc}>{''.join(tds)}</tr>")
+    tid = f' id="{table_id}"' if table_id else ""
+    return (f'<div class="scroll"><table{tid}><thead><tr>{th}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>")
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _verdict_section(v: Verdict) -> str:
+    paras = "".join(f"<p><b>{_e(h)}.</b> {_e(t)}</p>" for h, t in v.lines)
+    out = [f'<h2 id="verdict">Verdict</h2><div class="verdict">{paras}</div>']
+    rk = v.ranking
+    if not rk.table.empty:
+        what = "gap to BF16 (nats)" if rk.metric == "gap_to_bf16" else "final val loss (nats; no BF16 baseline)"
+        rows = []
+        for _, r in rk.table.iterrows():
+            ci = (f"{fmt_num(r['ci_low'], 'gap')} to {fmt_num(r['ci_high'], 'gap')}" if r["n"] >= 2 else
+                  NO_CI if r["n"] == 1 else "–")
+            rows.append([str(int(r["rank"])), _e(r["format"]), _e(optimizer_name(r["optimizer"])),
+                         fmt_num(r["mean"], "gap" if rk.metric == "gap_to_bf16" else "loss"), _e(ci),
+                         f"{int(r['n'])} of {int(r['n_seeds'])}", _e(r["diverged"] or "–")])
+        out.append(f"<h3>Ranking of formats by {_e(what)}, {_e(optimizer_name(rk.optimizer))} runs</h3>")
+        out.append(_table([("rank", False), ("format", True), ("optimizer", True), ("mean " + what, False),
+                           ("95% CI (t, over seeds)", True), ("seeds used", False), ("diverged", True)], rows,
+                          row_classes=["diverged" if r["n_diverged"] else "" for _, r in rk.table.iterrows()],
+                          table_id="ranking-table"))
+    if not v.effects.empty:
+        rows = []
+        for _, r in v.effects.iterrows():
+            ci = (f"{fmt_num(r['ci_low'], 'gap')} to {fmt_num(r['ci_high'], 'gap')}" if r["n_pairs"] >= 2 else
+                  NO_CI if r["n_pairs"] == 1 else "–")
+            ex = ("–" if r["excludes_zero"] is None or r["n_pairs"] < 2 else
+                  '<span class="yes">yes</span>' if r["excludes_zero"] else '<span class="no">no</span>')
+            div = "; ".join(s for s in (
+                f"{optimizer_name(r['optimizer'])}: seed {', '.join(map(str, r['diverged_geo']))}" if r["diverged_geo"] else "",
+                f"AdamW: seed {', '.join(map(str, r['diverged_ref']))}" if r["diverged_ref"] else "") if s)
+            rows.append([_e(arm_label(r["format"], r["optimizer"], r["master_weights"], r["tag"])), str(int(r["n_pairs"])),
+                         fmt_num(r["mean"], "gap"), _e(ci), ex,
+                         f"{fmt_num(r['stall_ref'])} → {fmt_num(r['stall_geo'])}",
+                         f"{fmt_num(r['flips_ref'], 'sci')} → {fmt_num(r['flips_geo'], 'sci')}",
+                         f"{fmt_num(r['cos_ref'])} → {fmt_num(r['cos_geo'])}", _e(div or "–")])
+        out.append("<h3>Geometry-aware optimizer vs AdamW, same format, paired by seed "
+                   "(Δ final val loss; &lt; 0 = helps)</h3>")
+        out.append(_table([("arm", True), ("pairs", False), ("mean Δ", False), ("95% CI (t)", True),
+                           ("CI excludes 0", True), ("stall ratio AdamW → geo", False),
+                           ("flips/step AdamW → geo", False), ("grad cosine AdamW → geo", False),
+                           ("diverged", True)], rows, table_id="effects-table"))
+    return "".join(out)
+
+
+def _attribution_section(v: Verdict) -> str:
+    th = v.thresholds
+    rules = "".join(f"<li><b>{_e(r['label'])}</b>: {_e(r['condition'])}</li>" for r in describe_rules(th))
+    thr = ", ".join(f"{_e(k)} = {v_:g}" for k, v_ in th.items())
+    intro = ("<p>Each format × optimizer (diagnostics averaged over its seeds) gets the first rule that fires, "
+             "in this order:</p>")
+    out = ['<h2 id="attribution">Failure attribution</h2>', intro, f"<ol>{rules}</ol>",
+           f'<p class="sub">Thresholds: {thr}.</p>']
+    head = [("format / optimizer", True), ("seeds", False), ("attribution", True), ("diverged", True),
+            ("final gap", False), ("gap at 1st eval", False), ("w / a overflow", False), ("w / a underflow", False),
+            ("grad cosine", False), ("grad underflow", False), ("stall ratio", False), ("zero-update", False)]
+    th_html = "".join(f'<th class="t">{_e(t)}</th>' if text else f"<th>{_e(t)}</th>" for t, text in head)
+    body = []
+    for _, a in v.attribution.iterrows():
+        div = bool(a["n_diverged"])
+        cells = [
+            f'<td class="t"><span class="arm">{_e(a["arm"])}</span></td>', f"<td>{int(a['n_seeds'])}</td>",
+            f'<td class="t cause-{_e(a["cause"])}">{_e(a["label"])}</td>',
+            f'<td class="t{" status-diverged" if div else ""}">{_e(a["diverged"] or "–")}</td>',
+            f"<td>{fmt_num(a['gap_to_bf16'], 'gap')}</td>", f"<td>{fmt_num(a['gap_first_eval'], 'gap')}</td>",
+            f"<td>{fmt_num(a['weight_overflow_rate'], 'rate')} / {fmt_num(a['activation_overflow_rate'], 'rate')}</td>",
+            f"<td>{fmt_num(a['weight_underflow_rate'], 'rate')} / {fmt_num(a['activation_underflow_rate'], 'rate')}</td>",
+            f"<td>{fmt_num(a['grad_cos_mean'])}</td>", f"<td>{fmt_num(a['gradient_underflow_rate'], 'rate')}</td>",
+            f"<td>{fmt_num(a['stall_ratio_mean'])}</td>", f"<td>{fmt_num(a['zero_update_frac_mean'], 'rate')}</td>",
+        ]
+        cls = ' class="diverged"' if div else ""
+        body.append(f"<tr{cls}>{''.join(cells)}</tr>")
+        if len(a["evidence"]):
+            ev = "; ".join(_e(x) for x in a["evidence"])
+            body.append(f'<tr{cls}><td></td><td class="t evidence" colspan="{len(head) - 1}">'
+                        f"evidence — {ev}</td></tr>")
+    out.append(f'<div class="scroll"><table class="attr" id="attribution-table"><thead><tr>{th_html}</tr></thead>'
+               f"<tbody>{''.join(body)}</tbody></table></div>")
+    return "".join(out)
+
+
+def _nz(x: Any) -> float:
+    return 0.0 if _missing(x) else float(x)
+
+
+def _figures_section(figures) -> str:
+    out = ['<h2 id="figures">Figures</h2>']
+    for f in figures:
+        out.append(f'<figure id="fig-{_e(f.key)}"><h3>{_e(f.title)}</h3>')
+        if f.png is None:
+            out.append(f'<p class="missing">{_e(f.caption)}</p></figure>')
+            continue
+        b64 = base64.b64encode(f.png).decode("ascii")
+        out.append(f'<img alt="{_e(f.title)}" src="data:image/png;base64,{b64}">'
+                   f"<figcaption>{_e(f.caption)}</figcaption></figure>")
+    return "".join(out)
+
+
+def _worst_rate(r: pd.Series, kind: str) -> str:
+    """The largest of the weight/activation/gradient rates, with its operand: ``0.250 (w)``."""
+    vals = [(r.get(f"{op}_{kind}_rate"), op[0]) for op in ("weight", "activation", "gradient")]
+    vals = [(float(v), op) for v, op in vals if not _missing(v)]
+    if not vals:
+        return "–"
+    v, op = max(vals)
+    return fmt_num(v, "rate") + (f" ({op})" if v > 0 else "")
+
+
+def _runs_section(runs: pd.DataFrame) -> str:
+    show_master = bool((runs["master_weights"] != "fp32").any())
+    head = [("run", True), ("optimizer", True)] + ([("master", True)] if show_master else []) + [
+        ("seed", False), ("status", True), ("steps", False), ("final val loss", False), ("best val loss", False),
+        ("final val ppl", False), ("gap to BF16", False), ("stall ratio", False), ("flips / step", False),
+        ("max overflow", False), ("max underflow", False), ("grad cosine", False),
+        ("tokens/s", False), ("GPU-h", False)]
+    rows, rcls, ccls = [], [], []
+    for _, r in runs.iterrows():
+        div = r.get("status") == "diverged"
+        rows.append([f'<span class="id">{_e(r["run_id"])}</span>', _e(optimizer_name(r["optimizer"]))]
+                    + ([_e(r["master_weights"])] if show_master else []) + [
+                     "–" if _missing(r.get("seed")) else str(int(r["seed"])), _e(r["status_label"]),
+                     fmt_num(r.get("steps"), "int"),
+                     fmt_num(r.get("final_val_loss"), "loss"), fmt_num(r.get("best_val_loss"), "loss"),
+                     fmt_num(r.get("final_val_ppl"), "ppl"), fmt_num(r.get("gap_to_bf16"), "gap"),
+                     fmt_num(r.get("stall_ratio_mean")), fmt_num(r.get("flips_mean"), "sci"),
+                     _worst_rate(r, "overflow"), _worst_rate(r, "underflow"), fmt_num(r.get("grad_cos_mean")),
+                     fmt_num(r.get("tokens_per_s_median"), "int"), fmt_num(r.get("gpu_hours"), "hours")])
+        rcls.append("diverged" if div else "")
+        ccls.append([""] * (len(head) - 13) + ["status-diverged" if div else ""] + [""] * 12)
+    note = ("<p class=\"sub\">Means over each run's steps (a diverged run's up to its last finite step). "
+            "The gap is final val loss minus the BF16 run of the same seed; empty where that baseline is "
+            "missing or the run diverged. Overflow/underflow: the largest mean rate over the weight (w), "
+            "activation (a) and gradient (g) operands. GPU-h = wall time / 3600 (FLOPs: budget table).</p>")
+    return '<h2 id="runs">Runs</h2>' + note + _table(head, rows, rcls, ccls, table_id="runs-table")
+
+
+def _kv_table(items: Sequence[tuple[str, str]]) -> str:
+    rows = "".join(f'<tr><th class="t">{_e(k)}</th><td class="t">{v}</td></tr>' for k, v in items)
+    return f'<table class="kv"><tbody>{rows}</tbody></table>'
+
+
+
+_SKIP_CORPUS_KEYS = ("sha256", "format", "dtype", "eot_id")
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"tokens": {"train": 1}}`` -> ``{"tokens.train": 1}``; a corpus meta.json's checksums are left out."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if k in _SKIP_CORPUS_KEYS:
+            continue
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _setup_section(runs: pd.DataFrame, ctx: ReportContext) -> str:
+    done = runs[runs["status"] != "diverged"] if (runs["status"] != "diverged").any() else runs
+
+    def uniq(col: str, kind: str = "int", frame: pd.DataFrame = done) -> str:
+        if col not in frame or frame[col].dropna().empty:
+            return "not recorded"
+        vals = sorted({float(x) for x in frame[col].dropna()})
+        return " / ".join(fmt_num(x, kind) for x in vals) + (" (differs between runs)" if len(vals) > 1 else "")
+
+    stopped = " (completed runs; diverged runs stop early)" if len(done) < len(runs) else ""
+
+    corpus_text = ", ".join(f"{k}: {fmt_num(v, 'int') if isinstance(v, (int, float)) and not isinstance(v, bool) else v}"
+                            for k, v in _flatten(ctx.corpus or {}).items()) or "not given"
+    model = ctx.model or {}
+    model_text = ", ".join(f"{k}={v}" for k, v in model.items())
+    params = uniq("params_total")
+    nonemb = uniq("params_non_embedding")
+    total_tokens = runs["tokens"].dropna().astype(float).sum() if "tokens" in runs else math.nan
+    items = [
+        ("corpus", _e(corpus_text)),
+        ("training tokens per run", _e(uniq("tokens") + stopped)),
+        ("training tokens, all runs", _e(fmt_num(total_tokens, "int"))),
+        ("model", _e((model_text + "; " if model_text else "") + f"parameters {params} (non-embedding {nonemb})")),
+        ("steps per run", _e(uniq("steps") + stopped)),
+        ("runs", _e(f"{len(runs)}: formats {', '.join(dict.fromkeys(runs['format']))}; optimizers "
+                    f"{', '.join(optimizer_name(o) for o in dict.fromkeys(runs['optimizer']))}; seeds "
+                    f"{', '.join(str(int(s)) for s in sorted(runs['seed'].dropna().unique()))}")),
+        ("hardware", _e(ctx.hardware or ("devices: " + ", ".join(map(str, runs["device"].dropna().unique()))
+                                         if "device" in runs else "not given"))),
+        ("commit", _e(ctx.commit or "not given")),
+        ("config hash", _e(ctx.config_hash or "not given")),
+        ("run config hashes", _e(", ".join(dict.fromkeys(str(x) for x in runs["config_hash"].dropna()))
+                                 if "config_hash" in runs and runs["config_hash"].notna().any() else "not recorded")),
+    ]
+    return '<h2 id="setup">Setup</h2>' + _kv_table(items)
+
+
+def _job_dict(j: Any) -> dict[str, Any]:
+    if is_dataclass(j):
+        d = {k: getattr(j, k) for k in ("name", "gpu_hours", "usd", "flops", "device", "price_usd") if hasattr(j, k)}
+        return d
+    return dict(j)
+
+
+def _budget_section(runs: pd.DataFrame, ctx: ReportContext) -> str:
+    planned = {d["name"]: d for d in map(_job_dict, ctx.planned)}
+    rows, tot = [], {"ph": 0.0, "pu": 0.0, "sh": 0.0, "su": 0.0, "pf": 0.0, "sf": 0.0}
+    for _, r in runs.iterrows():
+        p = planned.get(r["run_id"], {})
+        price = p.get("price_usd")
+        spent_h = r.get("gpu_hours")
+        spent_usd = spent_h * price if price is not None and not _missing(spent_h) else math.nan
+        rows.append([_e(r["run_id"]), _e(p.get("device", r.get("device", "–"))),
+                     fmt_num(p.get("flops"), "sci"), fmt_num(r.get("flops"), "sci"),
+                     fmt_num(p.get("gpu_hours"), "hours"), fmt_num(spent_h, "hours"),
+                     fmt_num(p.get("usd"), "hours"), fmt_num(spent_usd, "hours")])
+        for k, val in (("ph", p.get("gpu_hours")), ("pu", p.get("usd")), ("sh", spent_h), ("su", spent_usd),
+                       ("pf", p.get("flops")), ("sf", r.get("flops"))):
+            tot[k] += 0.0 if _missing(val) else float(val)
+    rows.append(["<b>total</b>", "", fmt_num(tot["pf"] if planned else math.nan, "sci"), fmt_num(tot["sf"], "sci"),
+                 fmt_num(tot["ph"] if planned else math.nan, "hours"), fmt_num(tot["sh"], "hours"),
+                 fmt_num(tot["pu"] if planned else math.nan, "hours"),
+                 fmt_num(tot["su"] if any(d.get("price_usd") is not None for d in planned.values()) else math.nan, "hours")])
+    note = ("Planned: the budget planner's estimate before the runs (FLOPs / (peak × MFU)). Spent: measured wall "
+            "time (GPU-h = wall s / 3600) priced at the plan's rate; FLOPs spent = the trainer's count for the "
+            "tokens actually trained (a diverged run stops early).")
+    if not planned:
+        note += " No plan was given to the report, so only the spent columns are filled."
+    if ctx.budget_usd is not None:
+        note += f" Budget cap: ${ctx.budget_usd:g}."
+    head = [("run", True), ("device", True), ("FLOPs planned", False), ("FLOPs spent", False),
+            ("GPU-h planned", False), ("GPU-h spent", False), ("USD planned", False), ("USD spent", False)]
+    return f'<h2 id="budget">Budget: planned vs spent</h2><p class="sub">{_e(note)}</p>' + _table(head, rows, table_id="budget-table")
+
+
+def _footer(ctx: ReportContext) -> str:
+    if isinstance(ctx.config, str):
+        config = ctx.config
+    elif ctx.config is not None:
+        config = json.dumps(ctx.config, indent=2, sort_keys=True, default=str)
+    else:
+        config = "not given"
+    versions = ", ".join(f"{k} {v}" for k, v in ctx.versions.items()) or "not given"
+    return (f'<footer id="reproduce"><h2>Reproduce</h2>'
+            f"<p><b>Command</b></p><pre>{_e(ctx.command or 'not given')}</pre>"
+            f"<p><b>Versions</b>: {_e(versions)}. <b>Commit</b>: {_e(ctx.commit or 'not given')}. "
+            f"<b>Config hash</b>: {_e(ctx.config_hash or 'not given')}."
+            + (f" Generated {_e(ctx.generated)}." if ctx.generated else "") +
+            f"</p><details><summary>Experiment config</summary><pre>{_e(config)}</pre></details></footer>")
+
+
+def render_report(summary_df: pd.DataFrame, metrics_df: pd.DataFrame,
+                  context: ReportContext | Mapping[str, Any] | None = None, *,
+                  figures: Sequence[Any] | None = None) -> str:
+    """The report page as one self-contained HTML string (see the module doc for the order).
+
+    ``figures``: already made :func:`altgrad.analysis.plots.make_figures` output (e.g. when the
+    caller also writes them as PNG files for Snakemake's report); made here when None.
+    """
+    from altgrad.analysis.plots import make_figures
+
+    ctx = ReportContext.coerce(context)
+    if summary_df is None or len(summary_df) == 0:
+        raise ValueError("render_report: the summary table has no runs")
+    v = build_verdict(summary_df, metrics_df, ctx.thresholds)
+    if figures is None:
+        figures = make_figures(v.runs, metrics_df)
+    n_div = int((v.runs["status"] == "diverged").sum())
+    sub = (f"Which 8-bit float format gains most from geometry-aware (ULP-scaled) weight updates? "
+           f"{len(v.runs)} runs, {n_div} diverged (a diverged run is a result: it is marked where it stopped).")
+    nav = " · ".join(f'<a href="#{k}">{t}</a>' for k, t in (("verdict", "Verdict"), ("attribution", "Failure attribution"),
+                                                           ("figures", "Figures"), ("runs", "Runs"), ("setup", "Setup"),
+                                                           ("budget", "Budget"), ("reproduce", "Reproduce")))
+    body = "".join([
+        f"<h1>{_e(ctx.title)}</h1><p class=\"sub\">{_e(sub)}<br>{nav}</p>",
+        _verdict_section(v), _attribution_section(v), _figures_section(figures), _runs_section(v.runs),
+        _setup_section(v.runs, ctx), _budget_section(v.runs, ctx), _footer(ctx),
+    ])
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{_e(ctx.title)}</title><style>{_CSS}</style></head>\n<body><main>{body}</main></body></html>\n")
