@@ -146,7 +146,11 @@ def _read_experiment_config(paths: Sequence[str]) -> dict:
     """Merge experiment config files in order; ``-`` reads one (JSON or YAML) from stdin."""
     import yaml
 
-    from altgrad.analysis.matrix import ExperimentError, _deep_merge, load_experiment_files
+    from altgrad.analysis.matrix import (
+        ExperimentError,
+        _deep_merge,
+        load_experiment_files,
+    )
 
     merged: dict = {}
     for path in paths:
@@ -199,8 +203,10 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output HTML (default: RESULTS/report.html)")
     p.add_argument(
         "--config", action="append", default=[], metavar="FILE",
-        help="experiment config (repeatable, later files win; - = stdin) for the budget table",
+        help="experiment config (repeatable, later files win; - = stdin) for the setup and budget tables",
     )
+    p.add_argument("--figures", default=None, help="also write the figures as PNGs into this directory")
+    p.add_argument("--command", default=None, help="the command to show in the reproducibility footer")
     p.set_defaults(func=_run_report)
 
 
@@ -208,7 +214,8 @@ def _run_report(args: argparse.Namespace) -> None:
     from altgrad.analysis.report import build_report
 
     config = _read_experiment_config(args.config) if args.config else None
-    out = build_report(args.results, args.out or f"{args.results}/report.html", config)
+    out = build_report(args.results, args.out or f"{args.results}/report.html", config,
+                       command=args.command or " ".join(sys.argv), figures_dir=args.figures)
     print(f"wrote {out}")
 
 
