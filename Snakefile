@@ -43,7 +43,8 @@ except AltgradError as error:
 validate(config, SCHEMA)  # structure already checked above; this fills in schema defaults
 
 LIB_HASH = M.library_hash()  # source of altgrad.{quantization,nn,optim,training}
-RUNS = EXP.runs
+RUNS = EXP.runs  # the comparison matrix: what export and the report read
+TRAIN_RUNS = EXP.train_runs  # what the train rule can make: RUNS and the scaling sweep's runs
 CORPUS = EXP.corpus["name"]
 DATA = f"data/{CORPUS}"
 
@@ -57,7 +58,7 @@ if workflow.is_main_process:  # not again in job subprocesses (slurm, run: block
 
 wildcard_constraints:
     corpus=re.escape(CORPUS),
-    run="|".join(re.escape(r) for r in RUNS),
+    run="|".join(re.escape(r) for r in TRAIN_RUNS),
 
 
 localrules:
@@ -70,6 +71,7 @@ localrules:
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/scaling.smk"
 
 
 rule all:

@@ -222,11 +222,15 @@ def _run_report(args: argparse.Namespace) -> None:
 def _add_plan(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plan",
-        help="validate an experiment config, list its runs and print the budget table",
+        help="print the budget table of a config, or (--budget-usd) a compute-optimal plan",
         description=(
             "Validate an experiment config (every problem at once), expand it into runs and "
             "print the budget table: FLOPs, device-hours and USD per job, with totals. "
-            "Exits 2 on an invalid config, and with --check also when over budget.usd."
+            "Exits 2 on an invalid config, and with --check also when over budget.usd. "
+            "With --budget-usd: split that budget over the matrix's runs and print, per format, the "
+            "compute-optimal model shape and token count, from the format's fitted N*(C) in --fits "
+            "(the scaling study's results/scaling/fits.parquet) when there is one, else Chinchilla "
+            "(D = 20 N); then the runs' budget table. Exits 2 when a plan is infeasible."
         ),
     )
     p.add_argument(
@@ -238,6 +242,24 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", default="data", help="prepared corpora, for the vocabulary and block size checks")
     p.add_argument("--check", action="store_true", help="fail when the total exceeds budget.usd")
     p.add_argument("--runs", action="store_true", help="print only the run ids, one per line")
+    g = p.add_argument_group("compute-optimal plan")
+    g.add_argument("--budget-usd", type=float, default=None, metavar="USD",
+                   help="plan model size and tokens per run for this budget (split over the matrix's runs)")
+    g.add_argument("--device", default=None, help="h100 | a100 | cpu (default: the config's budget.device)")
+    g.add_argument("--price", type=float, default=None, metavar="USD_PER_HOUR",
+                   help="device price per hour (default: the config's with its device, else the device's)")
+    g.add_argument("--mfu", type=float, default=None, help="model FLOPs utilisation (default: the config's budget.mfu)")
+    g.add_argument("--formats", nargs="+", default=None, metavar="FORMAT",
+                   help="plan only the matrix's runs of these formats (the budget is split over them)")
+    g.add_argument("--fits", default="results/scaling/fits.parquet",
+                   help="fitted laws of the scaling study (default: results/scaling/fits.parquet; absent = Chinchilla)")
+    g.add_argument("--block-size", type=int, default=None, help="context length (default: the runs')")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="sequences per optimizer step (default: the runs' batch_size x grad_accum)")
+    g.add_argument("--vocab-size", type=int, default=None,
+                   help="vocabulary (default: the runs', else the prepared corpus's, else 50257)")
+    g.add_argument("--attention", choices=("causal", "full", "none"), default="causal",
+                   help="attention FLOPs convention of flops_per_token (default: causal)")
     p.set_defaults(func=_run_plan)
 
 
@@ -253,9 +275,57 @@ def _run_plan(args: argparse.Namespace) -> None:
     if args.runs:
         print("\n".join(exp.run_ids))
         return
-    print(exp.budget_report())
-    if args.check:
-        exp.check_budget()
+    if args.budget_usd is None:
+        extra = [name for name in ("device", "price", "mfu", "formats", "block_size", "batch_size", "vocab_size")
+                 if getattr(args, name) is not None]
+        if extra:
+            raise AltgradError(f"--{extra[0].replace('_', '-')} needs --budget-usd (it shapes a compute-optimal plan)")
+        print(exp.budget_report())
+        if args.check:
+            exp.check_budget()
+        return
+    from altgrad.analysis.scaling_study import plan_budget
+
+    plan = plan_budget(exp, args.budget_usd, device=args.device, price=args.price, mfu=args.mfu,
+                       formats=args.formats, fits_path=args.fits, block_size=args.block_size,
+                       batch_size=args.batch_size, vocab_size=args.vocab_size, attention=args.attention)
+    print(plan.describe())
+    if plan.refused:
+        raise AltgradError("infeasible plan for " + "; ".join(f"{f.format}: {f.refused}" for f in plan.refused))
+
+
+# ---------------------------------------------------------------------------------------
+# scaling (the scaling study: what the pipeline's scaling_report rule calls)
+# ---------------------------------------------------------------------------------------
+def _add_scaling(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "scaling",
+        help="fit per-format scaling laws to the scaling sweep's runs and write results/scaling/",
+        description=(
+            "Read the summary.json of every run of the config's `scaling` sweep, fit per format "
+            "L(C) = k*C^a + Linf and N*(C) = k'*C^b (D* = C/(6N*)) from the isoFLOP curves, and write "
+            "OUT/points.parquet, optima.parquet, fits.parquet, chinchilla.parquet, isoflop.png and "
+            "report.html (verdict: how the format gap to bf16 changes with compute)."
+        ),
+    )
+    p.add_argument("--config", action="append", default=[], metavar="FILE",
+                   help="experiment config with a `scaling` block (repeatable, later files win; - = stdin; "
+                        "default: config/config.yaml)")
+    p.add_argument("--runs", default="results/runs", help="run directories (default: results/runs)")
+    p.add_argument("--out", default="results/scaling", help="output directory (default: results/scaling)")
+    p.add_argument("--data-root", default="data", help="prepared corpora, for the vocabulary check")
+    p.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples (default: scaling.n_boot)")
+    p.add_argument("--command", default=None, help="the command to show on the page")
+    p.set_defaults(func=_run_scaling)
+
+
+def _run_scaling(args: argparse.Namespace) -> None:
+    from altgrad.analysis.scaling_study import build_scaling_report
+
+    config = _read_experiment_config(args.config or ["config/config.yaml"])
+    paths = build_scaling_report(config, args.out, args.runs, data_root=args.data_root,
+                                 command=args.command or " ".join(sys.argv), n_boot=args.n_boot)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 # ---------------------------------------------------------------------------------------
@@ -267,6 +337,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_export,
     _add_report,
     _add_plan,
+    _add_scaling,
 ]
 
 

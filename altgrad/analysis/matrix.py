@@ -20,6 +20,12 @@ the same thing everywhere. Sections:
                 ``overrides`` is a RunConfig dict or dotted keys (``train.lr: 3e-4``).
 ``budget``      ``usd`` (cap), ``device`` (h100 | a100 | cpu), ``price_usd_per_hour``
                 (null = the device's), ``mfu``, ``peak_flops`` (null = the device's).
+``scaling``     optional isoFLOP sweep (the scaling study, target results/scaling/report.html):
+                ``formats`` × ``budgets`` (training FLOPs) × ``sizes`` per budget, planned by
+                :func:`altgrad.analysis.scaling_study.plan_sweep`. Its runs are trained by the
+                same train rule but are not part of the matrix (``runs``, the report): they are
+                ``scaling_runs``, ids ``scale-{format}-c{budget}-d{width}`` (e.g.
+                ``scale-e4m3-c1e13-d128``), each on its planned ``C / flops_per_token`` tokens.
 
 Run id: ``{format}-{optimizer}[-{master_weights}]-s{seed}[-{tag}]`` with optimizer short
 names ``adamw``, ``manifold`` (manifold_adamw), ``grid``; master weights appear only when
@@ -50,9 +56,18 @@ from altgrad.analysis.budget import (
     JobCost,
     ModelShape,
     budget_table,
+    budget_totals,
     check_budget,
     flops_per_token,
     plan_job,
+)
+from altgrad.analysis.scaling_study import (
+    SWEEP_DEFAULTS,
+    ScalingPoint,
+    budget_tag,
+    plan_sweep,
+    point_run_id,
+    sweep_train_overrides,
 )
 from altgrad.errors import AltgradError
 from altgrad.quantization import FORMAT_NAMES
@@ -156,13 +171,24 @@ def run_id(fmt: str, optimizer: str, master_weights: str, seed: int, tag: str | 
 
 @dataclass(frozen=True)
 class Experiment:
-    """A validated experiment: the corpus, the runs (in config order) and the budget."""
+    """A validated experiment: the corpus, the runs (in config order) and the budget.
+
+    ``runs`` is the comparison matrix (grid, ab, extra_runs: what export and the report
+    read); ``scaling_runs`` the scaling sweep's runs, one per ``scaling_points`` entry;
+    ``train_runs`` both (what the train rule can make).
+    """
 
     corpus: dict[str, Any]  # name, source (normalized), val_fraction, seed, compact_vocab
     runs: dict[str, Run]
     budget: dict[str, Any]
     raw: dict[str, Any] = field(repr=False)  # the config with defaults filled in
     meta: dict[str, Any] | None = field(default=None, repr=False)  # the prepared corpus, if any
+    scaling_runs: dict[str, Run] = field(default_factory=dict)
+    scaling_points: list[ScalingPoint] = field(default_factory=list, repr=False)
+
+    @property
+    def train_runs(self) -> dict[str, Run]:
+        return {**self.runs, **self.scaling_runs}
 
     @property
     def corpus_dir(self) -> str:
@@ -190,7 +216,8 @@ class Experiment:
 
     # --- budget ---------------------------------------------------------------------------
     def jobs(self, meta: Mapping[str, Any] | None = None) -> list[JobCost]:
-        """Price every run with :mod:`altgrad.analysis.budget` (FLOPs, device-hours, USD).
+        """Price every run of the matrix with :mod:`altgrad.analysis.budget` (FLOPs,
+        device-hours, USD).
 
         Tokens are the training tokens (steps × batch × grad_accum × block). The FLOPs per
         token are the budget module's, scaled for the extra passes a run makes: evaluation
@@ -198,11 +225,18 @@ class Experiment:
         every ``shadow_interval`` steps. A null ``vocab_size`` is taken from the prepared
         corpus's meta.json, else GPT-2's 50257 (an upper bound for a compacted vocabulary).
         """
+        return self._price(self.runs.values(), meta)
+
+    def scaling_jobs(self, meta: Mapping[str, Any] | None = None) -> list[JobCost]:
+        """The scaling sweep's runs, priced like :meth:`jobs`."""
+        return self._price(self.scaling_runs.values(), meta)
+
+    def _price(self, runs: Any, meta: Mapping[str, Any] | None) -> list[JobCost]:
         b = self.budget
         meta = self.meta if meta is None else meta
         vocab_data = int(meta["vocab_size"]) if meta and "vocab_size" in meta else GPT2_VOCAB_SIZE
         jobs = []
-        for run in self.runs.values():
+        for run in runs:
             m, t = run.config.model, run.config.train
             shape = ModelShape(
                 n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size,
@@ -226,7 +260,8 @@ class Experiment:
         return get_device(b["device"], peak_flops=b["peak_flops"])
 
     def budget_report(self, meta: Mapping[str, Any] | None = None) -> str:
-        """The budget table with a header line, as printed on every pipeline invocation."""
+        """The budget table with a header line, as printed on every pipeline invocation;
+        with a ``scaling`` block, the sweep's own table and the sum of both follow."""
         b = self.budget
         jobs = self.jobs(meta)
         price = jobs[0].price_usd if jobs else b["price_usd_per_hour"]
@@ -238,17 +273,30 @@ class Experiment:
         if meta is None and any(r.config.model.vocab_size is None for r in self.runs.values()):
             head += f"\n(vocab_size {GPT2_VOCAB_SIZE} until data/{self.corpus['name']} is prepared"
             head += "; compact_vocab makes it smaller)" if self.corpus["compact_vocab"] else ")"
-        return head + "\n" + budget_table(jobs, budget_usd=b["usd"])
+        if not self.scaling_runs:
+            return head + "\n" + budget_table(jobs, budget_usd=b["usd"])
+        sweep = self.scaling_jobs(meta)
+        both = budget_totals([*jobs, *sweep]).usd
+        left = b["usd"] - both
+        return "\n".join([
+            head, budget_table(jobs),
+            (f"scaling sweep (target results/scaling/report.html, not part of the default target): "
+             f"{len(sweep)} training jobs"),
+            budget_table(sweep),
+            (f"matrix + scaling sweep: {both:.2f} USD; budget {b['usd']:.2f} USD, "
+             f"{'left' if left >= 0 else 'OVER BY'} {abs(left):.2f} USD"),
+        ])
 
     def check_budget(self, meta: Mapping[str, Any] | None = None) -> float:
-        """Total USD; raises :class:`BudgetExceeded` (overrun + knobs) when over ``budget.usd``."""
+        """Total USD of the matrix and the scaling sweep; raises :class:`BudgetExceeded`
+        (overrun + knobs) when over ``budget.usd``."""
         try:
-            return check_budget(self.jobs(meta), self.budget["usd"])
+            return check_budget([*self.jobs(meta), *self.scaling_jobs(meta)], self.budget["usd"])
         except BudgetExceeded as e:
             raise BudgetExceeded(
                 f"{e} Knobs in the config: grid.formats/optimizers/master_weights/seeds, ab, "
-                "extra_runs, run.train.max_steps/batch_size, run.model.*, budget.device/mfu/"
-                "price_usd_per_hour, budget.usd.",
+                "extra_runs, run.train.max_steps/batch_size, run.model.*, scaling.formats/budgets/sizes, "
+                "budget.device/mfu/price_usd_per_hour, budget.usd.",
                 total_usd=e.total_usd, budget_usd=e.budget_usd,
             ) from None
 
@@ -260,8 +308,8 @@ class Experiment:
         planner's MFU (a job over its runtime is killed on a cluster; it resumes from its
         checkpoint when rerun). Profiles may override any of them (``set-resources``).
         """
-        run = self.runs[rid]
-        job = next(j for j in self.jobs(meta) if j.name == rid)
+        run = self.train_runs[rid]
+        (job,) = self._price([run], meta)
         from altgrad.analysis.budget import memory_estimate
 
         mem = memory_estimate(job.shape, run.config.train.batch_size)
@@ -404,6 +452,11 @@ def _defaults(config: Mapping[str, Any]) -> dict[str, Any]:
         budget.setdefault("price_usd_per_hour", None)
         budget.setdefault("mfu", DEFAULT_MFU)
         budget.setdefault("peak_flops", None)
+    if isinstance(c.get("scaling"), dict):
+        for key, value in SWEEP_DEFAULTS.items():
+            c["scaling"].setdefault(key, copy.deepcopy(value))
+        if c["scaling"]["train"] is None:
+            c["scaling"]["train"] = {}
     return c
 
 
@@ -601,22 +654,32 @@ def load_experiment(
     if not specs and not problems:
         problems.append("grid/ab/extra_runs: the experiment has no runs")
 
+    # the scaling sweep -------------------------------------------------------------------
+    scaling_runs: dict[str, Run] = {}
+    scaling_points: list[ScalingPoint] = []
+    if isinstance(c.get("scaling"), dict) and base_ok:
+        scaling_points, scaling_runs = _scaling(c["scaling"], base, base_cfg, recipes, corpus, check_format,
+                                                check_optimizer, problems)
+        for rid in set(scaling_runs) & set(runs):
+            problems.append(f"duplicate run id {rid!r} (from the matrix and scaling); rename the recipe")
+
     # block size vs the prepared corpus ---------------------------------------------------
     meta = None
     if data_root is not None and "source" in corpus and isinstance(name, str):
         meta = read_meta(Path(data_root) / name / "meta.json", corpus)
     if meta is not None:
         smallest = min(int(meta["tokens"]["train"]), int(meta["tokens"]["val"]))
-        too_big = sorted({r.config.model.block_size for r in runs.values() if r.config.model.block_size + 1 > smallest})
+        every = {**runs, **scaling_runs}
+        too_big = sorted({r.config.model.block_size for r in every.values() if r.config.model.block_size + 1 > smallest})
         for bs in too_big:
-            ids = [r for r, run in runs.items() if run.config.model.block_size == bs]
+            ids = [r for r, run in every.items() if run.config.model.block_size == bs]
             problems.append(
                 f"model.block_size {bs} (runs {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}) is larger than "
                 f"the corpus allows: data/{name} has {meta['tokens']['train']} train and {meta['tokens']['val']} "
                 f"val tokens, each split needs block_size + 1; use a smaller block_size or a larger corpus"
             )
         vocab = int(meta["vocab_size"])
-        for rid, run in runs.items():
+        for rid, run in every.items():
             if run.config.model.vocab_size is not None and run.config.model.vocab_size < vocab:
                 problems.append(f"{rid}: model.vocab_size {run.config.model.vocab_size} is smaller than the "
                                 f"corpus vocabulary ({vocab}); use null to take it from the data")
@@ -631,7 +694,59 @@ def load_experiment(
     if problems:
         raise ExperimentError(_unique(problems), source)
     corpus["compact_vocab"] = bool(corpus["compact_vocab"])
-    return Experiment(corpus=corpus, runs=runs, budget=budget, raw=c, meta=meta)
+    return Experiment(corpus=corpus, runs=runs, budget=budget, raw=c, meta=meta, scaling_runs=scaling_runs,
+                      scaling_points=scaling_points)
+
+
+def _scaling(
+    sc: dict[str, Any], base: dict[str, Any], base_cfg: RunConfig, recipes: Mapping[str, Any],
+    corpus: Mapping[str, Any], check_format: Any, check_optimizer: Any, problems: list[str],
+) -> tuple[list[ScalingPoint], dict[str, Run]]:
+    """The ``scaling`` block -> its points and their runs (problems appended)."""
+    n_before = len(problems)
+    fmts = [f for i, f in enumerate(sc.get("formats") or []) if check_format(f, f"scaling.formats[{i}]")]
+    opt = check_optimizer(sc.get("optimizer"), "scaling.optimizer")
+    vocab = sc.get("vocab_size") or base_cfg.model.vocab_size
+    if vocab is None:
+        if corpus.get("compact_vocab"):
+            problems.append(
+                "scaling.vocab_size: required with corpus.compact_vocab (the sweep's steps depend on the "
+                "lm_head's FLOPs, and a compacted vocabulary is not known before the corpus is prepared); set "
+                "it to at least the corpus's vocab_size (data/<corpus>/meta.json), e.g. rounded up to a "
+                "multiple of 64"
+            )
+            return [], {}
+        vocab = GPT2_VOCAB_SIZE
+    block = int(sc.get("block_size") or base_cfg.model.block_size)
+    batch = int(sc.get("batch_size") or base_cfg.train.batch_size)
+    accum = int((sc.get("train") or {}).get("grad_accum", base_cfg.train.grad_accum))
+    if not isinstance(sc.get("budgets"), list) or not isinstance(sc.get("sizes"), (int, list)):
+        return [], {}  # the schema reports it
+    sweep, found = plan_sweep(sc, block_size=block, vocab_size=int(vocab), tokens_per_step=batch * accum * block,
+                              bias=base_cfg.model.bias)
+    problems.extend(found)
+    if len(problems) > n_before or opt is None:
+        return [], {}
+    points, runs = [], {}
+    for fmt in fmts:
+        precision = recipes.get(fmt, {"weight": fmt, "activation": fmt, "gradient": fmt})
+        for s in sweep:
+            rid = point_run_id(fmt, s.budget, s.size_tag)
+            d = copy.deepcopy(base)
+            _deep_merge(d, {
+                "model": {"n_layer": s.shape.n_layer, "n_head": s.shape.n_head, "n_embd": s.shape.n_embd,
+                          "block_size": block, "vocab_size": int(vocab)},
+                "train": sweep_train_overrides(sc, s, batch),
+                "precision": precision,
+                "optimizer": {"name": opt, "master_weights": "fp32"},
+            })
+            cfg = _build_config(d, f"scaling ({rid})", problems)
+            if cfg is None:
+                return [], {}  # one report per problem is enough: every point shares the settings
+            points.append(ScalingPoint(rid, fmt, s))
+            runs[rid] = Run(rid, fmt, opt, "fp32", int(sc["seed"]), "scaling", cfg,
+                            tag=f"c{budget_tag(s.budget)}-{s.size_tag}")
+    return points, runs
 
 
 def read_meta(path: Path, corpus: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-# One training job per configured run id.
+# One training job per configured run id (the matrix's and the scaling sweep's).
 #
 # params carry the run's full resolved config, one param per section (so changing any
 # setting of one run reruns exactly that run, and `snakemake -n` shows the section that
@@ -13,7 +13,7 @@ RUN_SECTIONS = ("data", "model", "train", "precision", "optimizer", "tracking")
 
 
 def _config_line(section):
-    return lambda wildcards: RUNS[wildcards.run].config_lines()[section]
+    return lambda wildcards: TRAIN_RUNS[wildcards.run].config_lines()[section]
 
 
 def _train_resources(key):
@@ -32,10 +32,10 @@ rule train:
         labels="results/runs/{run}/run.json",
     params:
         **{section: _config_line(section) for section in RUN_SECTIONS},
-        labels=lambda wildcards: json.dumps(RUNS[wildcards.run].labels(), sort_keys=True),
+        labels=lambda wildcards: json.dumps(TRAIN_RUNS[wildcards.run].labels(), sort_keys=True),
         code=f"altgrad-library-{LIB_HASH}",
         dir="results/runs/{run}",
-    threads: lambda wildcards: 4 if RUNS[wildcards.run].config.train.device == "cuda" else 1
+    threads: lambda wildcards: 4 if TRAIN_RUNS[wildcards.run].config.train.device == "cuda" else 1
     resources:
         gpu=_train_resources("gpu"),
         mem_mb=_train_resources("mem_mb"),

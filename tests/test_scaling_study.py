@@ -1,0 +1,389 @@
+"""The scaling study: the sweep planned from config, fits per format, the verdict, budget
+plans from fitted laws, and a tiny real isoFLOP sweep through Snakemake on CPU."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from altgrad import cli
+from altgrad.analysis.budget import (
+    ModelShape,
+    budget_totals,
+    flops_per_token,
+    param_counts,
+    plan_job,
+)
+from altgrad.analysis.matrix import ExperimentError, load_experiment
+from altgrad.analysis.scaling import ScalingInputError
+from altgrad.analysis.scaling_study import (
+    budget_tag,
+    chinchilla_frame,
+    fit_format,
+    fit_sweep,
+    fits_frame,
+    gap_verdict,
+    plan_budget,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+VOCAB = 5376  # >= the compacted eurlex-sample vocabulary (5354), a multiple of 64
+TINY_SHAPES = [{"n_layer": 1, "n_embd": 8, "n_head": 1}, {"n_layer": 1, "n_embd": 16, "n_head": 1},
+               {"n_layer": 1, "n_embd": 32, "n_head": 1}]
+TINY_BUDGETS = [2.5e10, 5.0e10, 1.0e11]
+FITS_COLUMNS = {
+    "format", "n_budgets", "c_min", "c_max",
+    "loss_k", "loss_a", "loss_l_inf", "loss_r2", "loss_n_points", "loss_n_boot",
+    "loss_k_lo", "loss_k_hi", "loss_a_lo", "loss_a_hi", "loss_l_inf_lo", "loss_l_inf_hi",
+    "loss_k_std", "loss_a_std", "loss_l_inf_std", "loss_error",
+    "n_k", "n_b", "n_r2", "n_k_lo", "n_k_hi", "n_b_lo", "n_b_hi", "n_basis", "n_error",
+    "d_k", "d_b", "n_definition", "c_definition",
+}
+
+
+def tiny_config(**scaling) -> dict:
+    """A one-run matrix (bf16) plus the tiny sweep: 3 budgets x 3 shapes x 2 formats."""
+    cfg = {
+        "corpus": {"name": "eurlex-sample", "source": "eurlex-sample", "val_fraction": 0.1, "seed": 0,
+                   "compact_vocab": True},
+        "run": {
+            "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32},
+            "train": {"max_steps": 12, "batch_size": 4, "lr": 3.0e-3, "min_lr": 3.0e-4, "warmup_steps": 2,
+                      "eval_interval": 6, "eval_batches": 2, "checkpoint_interval": 4, "rank_interval": 0,
+                      "shadow_interval": 3, "device": "cpu"},
+            "tracking": {"wandb_mode": "disabled"},
+        },
+        "grid": {"formats": ["bf16"], "optimizers": ["adamw"], "master_weights": ["fp32"], "seeds": [0]},
+        "budget": {"usd": 20, "device": "cpu", "price_usd_per_hour": 0, "mfu": 0.3},
+        "scaling": {
+            "formats": ["bf16", "e4m3"], "budgets": list(TINY_BUDGETS), "sizes": copy.deepcopy(TINY_SHAPES),
+            "vocab_size": VOCAB, "batch_size": 8,
+            "train": {"eval_batches": 4, "checkpoint_interval": 100000, "lr": 1.0e-2, "min_lr": 1.0e-3},
+            "n_boot": 50,
+        },
+    }
+    cfg["scaling"].update(scaling)
+    return cfg
+
+
+def load(cfg, **kw):
+    return load_experiment(cfg, schema=SCHEMA, **kw)
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = cli.main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+# ------------------------------------------------------------------------------ the sweep from config
+
+
+def test_sweep_runs_train_exactly_their_planned_tokens():
+    exp = load(tiny_config())
+    assert list(exp.runs) == ["bf16-adamw-s0"]  # the sweep is not part of the matrix (export, report)
+    assert len(exp.scaling_runs) == 18 and len(exp.scaling_points) == 18
+    assert set(exp.train_runs) == set(exp.runs) | set(exp.scaling_runs)
+    tps = 8 * 32
+    for p in exp.scaling_points:
+        run = exp.scaling_runs[p.run_id]
+        shape = ModelShape(1, 1, p.sweep.shape.n_embd, 32, VOCAB)
+        assert p.run_id == f"scale-{p.format}-c{budget_tag(p.sweep.budget)}-d{shape.n_embd}"
+        steps = round(p.sweep.budget / (flops_per_token(shape) * tps))
+        t, m = run.config.train, run.config.model
+        assert t.max_steps == p.sweep.steps == steps and t.batch_size == 8 and t.grad_accum == 1
+        assert (m.n_layer, m.n_embd, m.n_head, m.block_size, m.vocab_size) == (1, shape.n_embd, 1, 32, VOCAB)
+        # the planned D, and C spent to within half an optimizer step
+        assert p.sweep.tokens == steps * tps
+        assert abs(p.sweep.flops - p.sweep.budget) <= 0.5 * flops_per_token(shape) * tps
+        assert t.eval_interval == steps and t.shadow_interval == 0 and t.rank_interval == 0  # FLOPs on training only
+        assert t.lr == 1e-2 and t.eval_batches == 4 and t.warmup_steps == round(0.1 * steps)
+        assert run.config.precision.weight == p.format and run.origin == "scaling"
+        assert run.labels()["tag"] == p.run_id.removeprefix(f"scale-{p.format}-")
+    assert budget_tag(1e13) == "1e13" and budget_tag(2.5e13) == "2.5e13" and budget_tag(9.9999e12) == "1e13"
+    # priced by the pipeline's computation, listed apart, and summed with the matrix
+    report = exp.budget_report()
+    assert "scaling sweep (target results/scaling/report.html" in report and "TOTAL (18 jobs)" in report
+    assert "matrix + scaling sweep:" in report
+    assert exp.resources("scale-e4m3-c1e11-d32")["gpu"] == 0
+
+
+def test_family_sizes_are_hardware_friendly_and_centred_on_chinchilla():
+    cfg = tiny_config(sizes=3, aspect=64, budgets=[1e13, 1e14, 1e15], batch_size=8)
+    exp = load(cfg)
+    by_budget: dict[float, list[ModelShape]] = {}
+    for p in exp.scaling_points:
+        if p.format == "bf16":
+            by_budget.setdefault(p.sweep.budget, []).append(p.sweep.shape)
+    for c, shapes in by_budget.items():
+        assert len(shapes) == 3
+        assert all(s.n_embd % 64 == 0 and s.head_dim == 64 and s.n_embd == 64 * s.n_layer for s in shapes)
+        ns = sorted(param_counts(s)[1] for s in shapes)
+        target = math.sqrt(c / 120)
+        assert ns[0] <= target * 3 and ns[-1] >= target / 3  # the window brackets Chinchilla's N
+    assert {p.run_id.rsplit("-", 1)[1] for p in exp.scaling_points} >= {"d64", "d128"}
+
+
+def test_too_few_budgets_is_the_fitters_error_before_any_work():
+    with pytest.raises(ExperimentError, match=r"scaling.budgets: need at least 3 distinct compute budgets"):
+        load(tiny_config(budgets=[1e10, 2e10, 2e10]))
+    with pytest.raises(ScalingInputError, match="need at least 3 distinct compute budgets"):
+        fit_format(_synthetic_sweep([1e12, 2e12])[lambda d: d.format == "bf16"])
+    code, _, err = run_cli("plan", "--config", _write(tiny_config(budgets=[1e10, 2e10])))
+    assert code == 2 and "need at least 3 distinct compute budgets to fit, got 2" in err
+
+
+def test_sweep_config_problems_are_reported_with_the_fix():
+    cfg = tiny_config(vocab_size=None, sizes=[*TINY_SHAPES[:2], {"n_layer": 6, "n_embd": 512}])
+    with pytest.raises(ExperimentError) as e:
+        load(cfg)
+    assert "scaling.vocab_size: required with corpus.compact_vocab" in str(e.value)
+    with pytest.raises(ExperimentError) as e:
+        load(tiny_config(sizes=[*TINY_SHAPES[:2], {"n_layer": 6, "n_embd": 512}]))
+    assert "too small for n_layer=6 n_embd=512" in str(e.value) and "N/10" in str(e.value)
+    with pytest.raises(ExperimentError, match="need at least 3 distinct model sizes"):
+        load(tiny_config(sizes=[TINY_SHAPES[0], TINY_SHAPES[1], dict(TINY_SHAPES[1])]))
+    with pytest.raises(ExperimentError, match=r"scaling.formats\[1\]: unknown format 'e4m4'"):
+        load(tiny_config(formats=["bf16", "e4m4"]))
+    with pytest.raises(ExperimentError, match="can train only"):
+        load(tiny_config(sizes=3, budgets=[1e9, 2e9, 4e9]))
+
+
+# ------------------------------------------------------------------------------ fits and verdict
+
+
+def _synthetic_sweep(budgets, formats=("bf16", "e4m3"), noise=0.0, seed=0) -> pd.DataFrame:
+    """Losses from a Chinchilla-style law L = E + A/N^0.34 + B/D^0.28 with D = C/(6N); e4m3
+    pays a penalty that shrinks with compute (+0.4·(1e12/C)^0.3)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for fmt in formats:
+        for c in budgets:
+            n_star = 0.1 * c**0.5
+            for f in (0.25, 0.5, 1.0, 2.0, 4.0):
+                n = n_star * f
+                loss = 1.7 + 400 / n**0.34 + 410 / (c / (6 * n)) ** 0.28 + rng.normal(0, noise)
+                if fmt != "bf16":
+                    loss += 0.4 * (1e12 / c) ** 0.3
+                rows.append({"run_id": f"{fmt}-{c:g}-{f}", "format": fmt, "budget": c, "n_params_nonembed": n,
+                             "val_loss": loss, "status": "completed"})
+    return pd.DataFrame(rows)
+
+
+def test_fits_per_format_find_vertices_and_the_gap_trend():
+    df = _synthetic_sweep([1e12, 1e13, 1e14, 1e15])
+    df.loc[0, "status"] = "diverged"  # a diverged run is reported, not fitted
+    fits = fit_sweep(df, n_boot=50)
+    assert list(fits) == ["bf16", "e4m3"] and fits["bf16"].excluded == [df.loc[0, "run_id"]]
+    for f in fits.values():
+        assert all(o["valid"] and o["source"] == "parabola vertex" for o in f.optima)
+        assert f.size.b == pytest.approx(0.5, abs=0.1) and f.size.r2 > 0.95
+        assert f.loss.a < 0 and f.loss.r2 > 0.99 and f.size_basis == "parabola vertices at 4 budgets"
+    table = fits_frame(fits)
+    assert FITS_COLUMNS <= set(table.columns) and list(table.format) == ["bf16", "e4m3"]
+    row = table.iloc[0]
+    assert row.d_b == pytest.approx(1 - row.n_b) and row.d_k == pytest.approx(1 / (6 * row.n_k))
+    assert row.loss_n_points == 4 and row.loss_n_boot > 0 and row.loss_l_inf_lo <= row.loss_l_inf_hi
+    chin = chinchilla_frame(fits)
+    assert len(chin) == 14 and set(chin.compute) == {10.0**e for e in range(15, 22)}
+    assert list(chin.extrapolated[chin.format == "bf16"]) == [False] + [True] * 6  # measured 1e12..1e15
+    assert np.allclose(chin.d_opt, chin.compute / (6 * chin.n_opt))
+    (text,) = gap_verdict(fits)
+    assert text.startswith("e4m3 vs bf16:") and "it shrinks by" in text and "Extrapolated" in text
+    assert "hypothesis" in text
+    assert "bf16 is not in scaling.formats" in gap_verdict({"e4m3": fits["e4m3"]})[0]
+
+
+def test_a_curve_without_interior_minimum_is_flagged_not_hidden():
+    df = _synthetic_sweep([1e12, 1e13, 1e14])
+    # keep only the three smallest sizes at 1e13: the minimum lies beyond the sampled range
+    drop = df[(df.budget == 1e13) & (df.n_params_nonembed > 0.1 * 1e13**0.5 * 1.1)].index
+    f = fit_format(df.drop(drop)[lambda d: d.format == "bf16"], n_boot=20)
+    mid = next(o for o in f.optima if o["budget"] == 1e13)
+    assert not mid["valid"] and mid["source"] == "lowest measured" and mid["reason"]
+    assert "the lowest measured size at 1" in f.size_basis and f.size is not None
+
+
+# ------------------------------------------------------------------------------ altgrad plan
+
+
+def _write(cfg: dict, path: Path | None = None) -> str:
+    import tempfile
+
+    path = path or Path(tempfile.mkdtemp()) / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_plan_uses_the_fitted_law_when_fits_exist_and_chinchilla_otherwise(tmp_path):
+    cfg = tiny_config()
+    cfg["grid"]["formats"] = ["bf16", "e4m3", "e5m2"]
+    cfg["run"]["model"].update(n_embd=384, n_head=6, n_layer=6, block_size=256)
+    cfg_path = _write(cfg, tmp_path / "cfg.yaml")
+    fits_path = tmp_path / "fits.parquet"
+    args = ["plan", "--config", cfg_path, "--budget-usd", "20", "--device", "h100", "--fits", str(fits_path)]
+
+    code, out, _ = run_cli(*args)  # no fits yet
+    assert code == 0, out
+    assert f"laws: {fits_path} not found: Chinchilla" in out and "law used: Chinchilla" in out
+    assert "fitted N" not in out and "split over 3 run(s)" in out
+
+    fits = fit_sweep(_synthetic_sweep([1e16, 1e17, 1e18, 1e19]), n_boot=20)
+    fits_frame(fits).to_parquet(fits_path)
+    code, out, _ = run_cli(*args)
+    assert code == 0, out
+    assert f"laws: {fits_path} found" in out
+    k, b = fits["bf16"].size.k, fits["bf16"].size.b
+    assert f"law used: fitted N*(C) = {k:.4g}·C^{b:.4f} from {fits_path} (bf16;" in out
+    assert "parabola vertices at 4 budgets" in out
+    assert "e5m2 (1 run(s)" in out and f"{fits_path} has no row for e5m2" in out  # no law: Chinchilla, said so
+    assert "budget 20.00 USD, left" in out
+
+    # the plan is the budget module's computation, and its jobs are priced like the pipeline's
+    exp = load(cfg)
+    plan = plan_budget(exp, 20, device="h100", fits_path=fits_path)
+    assert {f.format for f in plan.formats} == {"bf16", "e4m3", "e5m2"} and not plan.refused
+    assert budget_totals(plan.jobs).usd <= 20.0 + 1e-9
+    for f in plan.formats:
+        p = f.plan
+        assert p.shape.n_embd % 64 == 0 and p.shape.head_dim == 64 and p.shape.block_size == 256
+        assert p.tokens == p.steps * 4 * 256 and p.tokens >= p.n_params_nonembed / 10
+        job = next(j for j in plan.jobs if j.name in f.run_ids)
+        ref = plan_job("x", p.shape, p.tokens, "h100", 0.3, 2.69,
+                       flops_fn=lambda s, k=f.pass_factor: k * flops_per_token(s))
+        assert job.usd == pytest.approx(ref.usd) and job.usd == pytest.approx(p.usd_per_run, rel=2e-3)
+    bf16 = next(f for f in plan.formats if f.format == "bf16").plan
+    assert bf16.n_target == pytest.approx(fits["bf16"].size.predict_n(bf16.flops_per_run))
+
+    # a law whose N* does not grow with compute is not used (Chinchilla, with the reason)
+    table = fits_frame(fits)
+    table.loc[table.format == "e4m3", "n_b"] = -0.2
+    table.loc[table.format == "bf16", "n_k"] *= 10  # bf16's law now asks for a larger model than Chinchilla
+    table.to_parquet(fits_path)
+    code, out, _ = run_cli(*args)
+    assert code == 0 and "C^-0.2000 in" in out and "is not used: the exponent must lie in (0, 1)" in out
+    assert "note: the formats get different plans" in out
+    fits_frame(fits).to_parquet(fits_path)
+
+    # --formats narrows the split; an infeasible budget is refused with the reason
+    code, out, _ = run_cli(*args, "--formats", "e4m3")
+    assert code == 0 and "split over 1 run(s)" in out and "bf16" not in out.split("budget table")[1]
+    code, _, err = run_cli(*args, "--formats", "e2m5")
+    assert code == 2 and "not in the configured matrix" in err
+    code, out, err = run_cli(*args[:-2], "--budget-usd", "0.0000001")
+    assert code == 2 and "REFUSED" in out and "too little for even the smallest shape" in err
+    code, _, err = run_cli("plan", "--config", cfg_path, "--budget-usd", "20")  # the config's cpu costs $0/h
+    assert code == 2 and "--price" in err
+
+
+# ------------------------------------------------------------------------------ the real sweep
+
+
+def make_workflow(tmp_path: Path, config: dict) -> Path:
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    for name in ("Snakefile", "workflow", "config", "profiles"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, wf / name)
+    (wf / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return wf
+
+
+def snakemake(wf: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=wf, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=900, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    lines = output.split("Job stats:", 1)[1].splitlines()[3:]
+    counts = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.mark.slow
+def test_too_few_budgets_stops_snakemake_before_any_job(tmp_path):
+    wf = make_workflow(tmp_path, tiny_config(budgets=[1e10, 1e11]))
+    proc = snakemake(wf, "-n", "results/scaling/report.html", check=False)
+    assert proc.returncode != 0 and "no job started" in proc.stdout
+    assert "scaling.budgets: need at least 3 distinct compute budgets to fit, got 2" in proc.stdout
+    assert not (wf / "results").exists() and not (wf / "data").exists()
+
+
+@pytest.mark.slow
+def test_tiny_real_sweep_through_snakemake(tmp_path):
+    wf = make_workflow(tmp_path, tiny_config())
+    # the default target does not train the sweep
+    dry = snakemake(wf, "-n")
+    assert job_counts(dry.stdout) == {"prepare": 1, "train": 1, "export": 1, "report": 1, "all": 1}
+    assert "scaling sweep (target results/scaling/report.html" in dry.stdout  # but prices it
+    dry = snakemake(wf, "-n", "results/scaling/report.html")
+    assert job_counts(dry.stdout) == {"prepare": 1, "train": 18, "scaling_report": 1}
+
+    started = time.perf_counter()
+    snakemake(wf, "--cores", "2", "results/scaling/report.html")
+    elapsed = time.perf_counter() - started
+    print(f"\ntiny sweep (18 runs + prepare + fits) through snakemake --cores 2: {elapsed:.0f} s")
+
+    exp = load(tiny_config())
+    out = wf / "results" / "scaling"
+    points = pd.read_parquet(out / "points.parquet")
+    assert sorted(points.run_id) == sorted(exp.scaling_runs)  # every point, nothing else
+    assert (points.status == "completed").all() and np.isfinite(points.val_loss).all()
+    # each run trained exactly its planned steps and tokens, and spent C to within half a step
+    assert (points.steps == points.steps_planned).all() and (points.tokens == points.tokens_planned).all()
+    assert np.allclose(points.flops, points.flops_per_token * points.tokens)
+    half_step = 0.5 * points.flops_per_token * points.tokens_per_step
+    assert ((points.flops - points.budget).abs() <= half_step).all()
+    for p in exp.scaling_points:
+        summary = json.loads((wf / "results/runs" / p.run_id / "summary.json").read_text())
+        assert summary["steps"] == p.sweep.steps and summary["flops"] == pytest.approx(p.sweep.flops)
+        assert summary["params_non_embedding"] == p.sweep.n_params_nonembed
+        assert json.loads((wf / "results/runs" / p.run_id / "run.json").read_text())["origin"] == "scaling"
+
+    fits = pd.read_parquet(out / "fits.parquet")
+    assert FITS_COLUMNS <= set(fits.columns) and list(fits.format) == ["bf16", "e4m3"]
+    assert (fits.n_budgets == 3).all() and (fits.c_min == 2.5e10).all() and (fits.c_max == 1e11).all()
+    optima = pd.read_parquet(out / "optima.parquet")
+    assert len(optima) == 6 and set(optima.source) <= {"parabola vertex", "lowest measured"}
+    chin = pd.read_parquet(out / "chinchilla.parquet")
+    assert chin.extrapolated.all() and set(chin.compute) <= {10.0**e for e in range(15, 22)}
+    assert (out / "isoflop.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "section.html").read_text().startswith('<section id="scaling">')
+    page = (out / "report.html").read_text()
+    assert "How the format gap changes with compute" in page and "data:image/png;base64," in page
+    assert "bf16" in page and "e4m3" in page and "e4m3 vs bf16" in page
+    assert all(rid in page for rid in exp.scaling_runs)
+
+    assert "Nothing to be done" in snakemake(wf, "-n", "results/scaling/report.html").stdout
+
+    # altgrad plan in this tree now uses the fitted law
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "altgrad.cli", "plan", "--budget-usd", "20", "--device", "h100"],
+                          cwd=wf, env=env, capture_output=True, text=True, check=False)
+    assert "laws: results/scaling/fits.parquet found" in proc.stdout
+    assert "fitted N*(C) = " in proc.stdout and "(bf16; measured 25.0e9–100e9 FLOPs" in proc.stdout
