@@ -615,7 +615,7 @@ def plan_compute_optimal(
             f"{dev.memory_bytes / 1e9:.0f} GB ({memory_fraction:.0%} usable); lower batch_size (use gradient "
             "accumulation), shorten block_size, use flash attention, or a larger device"
         )
-    hours = fpt * tokens / (dev.peak_flops * mfu) / 3600.0
+    per_run = plan_job("per run", shape, tokens, dev, mfu, flops_fn=ffn)  # the table's own pricing
     return ComputePlan(
         budget_usd=budget_usd,
         device=dev.name,
@@ -633,8 +633,8 @@ def plan_compute_optimal(
         batch_size=batch_size,
         steps=steps,
         tokens=tokens,
-        gpu_hours_per_run=hours,
-        usd_per_run=hours * dev.price_usd,
+        gpu_hours_per_run=per_run.gpu_hours,
+        usd_per_run=per_run.usd,
         memory_bytes=mem.total_bytes,
         notes=tuple(notes),
     )
