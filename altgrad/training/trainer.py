@@ -297,6 +297,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
+        """Mean val loss over fixed windows. In eval mode quantized layers record nothing (no
+        scaler history, telemetry or rounding draws), so evaluating never changes training."""
         self.model.eval()
         losses = []
         for x, y in eval_batches(self.val_bin, self.cfg.train.batch_size, self.cfg.model.block_size,
@@ -304,7 +306,6 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 losses.append(self.model(x, y)[1].item())
         self.model.train()
-        # quantized forward passes during eval must not move delayed-scaling history or telemetry
         return float(np.mean(losses))
 
     def _event(self, kind: str, message: str, tracker: Tracker, alert: bool = False) -> None:
