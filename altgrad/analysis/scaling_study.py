@@ -626,6 +626,18 @@ def _format_colors(formats: Sequence[str]) -> dict[str, str]:
     return colors
 
 
+
+def _plot_law(ax, c_range, predict, color) -> None:
+    """A fitted law over its measured compute range (solid) and 30x beyond it (dotted: extrapolation)."""
+    import numpy as np
+
+    lo, hi = c_range
+    xs = np.geomspace(lo, hi, 50)
+    ax.plot(xs, predict(xs), color=color, lw=1.8)
+    xe = np.geomspace(hi, hi * 30, 30)
+    ax.plot(xe, predict(xe), color=color, lw=1.2, ls=":")
+
+
 def scaling_figure(points_df, fits: Mapping[str, FormatFits]) -> bytes:
     """One figure, three panels, every format: (a) the isoFLOP curves (held-out loss vs N,
     one marker per budget, the fitted parabola dashed, its vertex a star), (b) the
@@ -669,17 +681,9 @@ def scaling_figure(points_df, fits: Mapping[str, FormatFits]) -> bytes:
             ax_c.scatter(cs, [o["n_used"] for o in opt], c=face, edgecolors=col, s=45, zorder=3)
         f = fits[fmt]
         if f.loss is not None:
-            lo, hi = f.loss.c_range
-            xs = np.geomspace(lo, hi, 50)
-            ax_b.plot(xs, f.loss.predict(xs), color=col, lw=1.8)
-            xe = np.geomspace(hi, hi * 30, 30)
-            ax_b.plot(xe, f.loss.predict(xe), color=col, lw=1.2, ls=":")
+            _plot_law(ax_b, f.loss.c_range, f.loss.predict, col)
         if f.size is not None:
-            lo, hi = f.size.c_range
-            xs = np.geomspace(lo, hi, 50)
-            ax_c.plot(xs, f.size.predict_n(xs), color=col, lw=1.8)
-            xe = np.geomspace(hi, hi * 30, 30)
-            ax_c.plot(xe, f.size.predict_n(xe), color=col, lw=1.2, ls=":")
+            _plot_law(ax_c, f.size.c_range, f.size.predict_n, col)
     if budgets:
         xs = np.geomspace(min(budgets), max(budgets) * 30, 50)
         ax_c.plot(xs, np.sqrt(xs / (6 * CHINCHILLA_TOKENS_PER_PARAM)), color="black", lw=1, ls="--", alpha=0.5)
