@@ -219,6 +219,52 @@ def test_stochastic_rounding_is_reproducible_from_a_generator():
     assert torch.equal(quantize(grid_points, "e4m3", "stochastic"), grid_points)  # on-grid values never move
 
 
+def compiled(fn):
+    """A fresh torch.compile of fn that must trace in one graph (a graph break raises)."""
+    torch._dynamo.reset()
+    return torch.compile(fn, fullgraph=True)
+
+
+@pytest.mark.parametrize("name", FORMAT_NAMES)
+def test_compiled_quantize_is_bit_identical_and_counts_the_same(name):
+    # torch.compile fuses the same code; the result and every telemetry count must not change
+    fmt = get_format(name)
+    x = torch.from_numpy(probe_values(fmt))
+    fast = compiled(quantize)
+    for saturate in (True, False):
+        assert bits_equal(fast(x, fmt, saturate=saturate).numpy(), quantize(x, fmt, saturate=saturate).numpy()).all()
+    eager_stats, compiled_stats = QuantStats(), QuantStats()
+    quantize(x, fmt, stats=eager_stats)
+    fast(x, fmt, stats=compiled_stats)
+    assert compiled_stats.counts() == eager_stats.counts() and eager_stats.counts()["overflow"] > 0
+
+
+def test_compiled_stochastic_rounding_is_unbiased_reproducible_and_neighbour_only():
+    # Traced, the random bits come from a keyed counter hash (random_bits.py): check it is as
+    # good as the generator's own: only neighbours, unbiased within 6 sigma, seeded.
+    n = 200_000
+    for name in ("e4m3", "e0m7", "e7m0", "bf16"):
+        fmt = get_format(name)
+        fast = compiled(lambda x, fmt: quantize(x, fmt, "stochastic"))
+        grid = fmt.grid()
+        lo, hi = grid[len(grid) // 2 + 3], grid[len(grid) // 2 + 4]
+        x = torch.full((n,), float(lo + 0.3 * (hi - lo)))
+        torch.manual_seed(5)
+        q = fast(x, fmt)
+        assert ((q == lo) | (q == hi)).all(), name
+        assert abs(q.double().mean().item() - x[0].item()) < 6 * math.sqrt(0.3 * 0.7 / n) * float(hi - lo), name
+        torch.manual_seed(5)
+        assert torch.equal(fast(x, fmt), q)
+        assert not torch.equal(fast(x, fmt), q)  # the next call draws new keys
+    # with an explicit generator (one graph break, to draw the keys): seeded, and unbiased
+    with_generator = torch.compile(lambda x, g: quantize(x, "e4m3", "stochastic", generator=g))
+    x = torch.randn(n)
+    a, b = (with_generator(x, torch.Generator().manual_seed(9)) for _ in range(2))
+    assert torch.equal(a, b) and not torch.equal(a, with_generator(x, torch.Generator().manual_seed(10)))
+    lower = quantize(x, "e4m3")  # a and its RNE neighbour differ by at most one step
+    assert ((a - lower).abs() <= get_format("e4m3").ulp(x.abs()) * 1.0001).all()
+
+
 def test_signed_zero_nan_and_saturation():
     x = torch.tensor([-0.0, 0.0, -1e-30, math.nan, 1e9, -math.inf])
     q = quantize(x, "e4m3")

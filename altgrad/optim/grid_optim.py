@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from altgrad.quantization.random_bits import uniform
+
 from .geometry import (
     GeometryOptimizer,
     checkpoint_generator,
@@ -63,7 +65,7 @@ class GridOptim(GeometryOptimizer):
         if group["rung_clip"] > 0:
             rungs.clamp_(-group["rung_clip"], group["rung_clip"])
         state["attempted"] = count_nonzero(rungs.abs())
-        moved = rungs.add_(torch.empty_like(rungs).uniform_(generator=self.generator)).floor_()
+        moved = rungs.add_(uniform(rungs, self.generator)).floor_()
         new = moved.add_(here).clamp_(*index_range(fmt))
         state["flips"] = count_nonzero(here.sub_(new).abs_())  # abs: -0 - +0 is -0
         value = grid_value(new, fmt)

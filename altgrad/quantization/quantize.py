@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
 from .formats import FloatFormat, get_format
+from .random_bits import random_bits, random_source
 
 _EXP_MASK = 0x7F800000
 _MAG_MASK = 0x7FFFFFFF
@@ -52,8 +52,8 @@ class _RoundingPlan:
     fix_nan: bool  # bit arithmetic may turn a NaN into inf or a number: restore it
 
 
-@lru_cache(maxsize=None)
 def _plan(fmt: FloatFormat) -> _RoundingPlan:
+    # not cached: a few float ops, and torch.compile traces it to constants either way
     drop = 23 - fmt.man_bits
     top_exp = math.frexp(fmt.max_value)[1] - 1
     magic_fits = top_exp + drop <= 127 and fmt.emin >= -126
@@ -126,13 +126,17 @@ class QuantStats:
     def _count(self, x: torch.Tensor, magnitude: torch.Tensor, plan: _RoundingPlan, scratch: torch.Tensor) -> None:
         """Update counts from the input and the rounded, not yet saturated |result|.
 
-        Each count is one comparison written into the float scratch buffer plus
-        count_nonzero on its bit view (faster than bool tensors on CPU). NaN compares
-        unequal to everything and never less-or-equal, which the arithmetic below uses.
+        Eager, each count is one comparison written into the float scratch buffer plus
+        count_nonzero on its bit view (faster than bool tensors on CPU); traced by
+        torch.compile, plain comparisons, which the compiler fuses into the rounding pass
+        (writing into the scratch would stop that). NaN compares unequal to everything and
+        never less-or-equal, which the arithmetic below uses.
         """
         bits = scratch.view(torch.int32)
 
         def count(op, tensor, threshold):
+            if torch.compiler.is_compiling():
+                return op(tensor, threshold).sum(dtype=torch.int32)
             op(tensor, threshold, out=scratch)
             return torch.count_nonzero(bits)
 
@@ -167,16 +171,17 @@ def quantize(
     fmt = get_format(fmt)
     if rounding not in ("nearest", "stochastic"):
         raise ValueError(f"rounding must be 'nearest' or 'stochastic', got {rounding!r}")
+    source = random_source(generator, x.device) if rounding == "stochastic" else None
     if stats is not None and stats.histogram is not None and fmt.bits > 8:
         raise ValueError(f"{fmt.name}: a code histogram needs a format of at most 8 bits")
     x = x.detach().to(torch.float32).contiguous()
     plan = _plan(fmt)
     if plan.int_path:
-        result = _round_bits(x, plan, rounding, generator)
+        result = _round_bits(x, plan, rounding, source)
         if stats is not None:
             magnitude, scratch = result.abs(), torch.empty_like(x)
     else:
-        magnitude, scratch = _round_magnitude(x, plan, rounding, generator)
+        magnitude, scratch = _round_magnitude(x, plan, rounding, source)
         result = magnitude
     if plan.fix_nan and (plan.int_path or rounding == "stochastic"):
         result.masked_fill_(torch.isnan(x), math.nan)
@@ -195,17 +200,7 @@ def quantize(
     return result
 
 
-def _fill_random_low_bits(buffer: torch.Tensor, drop: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Fill an int32 buffer with uniform random integers in [0, 2^drop)."""
-    if buffer.numel() % 2 == 0:
-        # 64-bit draws fill two int32 words each (the low 31+ bits of each word are uniform): cheaper
-        buffer.view(torch.int64).random_(generator=generator)
-    else:
-        buffer.random_(generator=generator)
-    return buffer.bitwise_and_((1 << drop) - 1)
-
-
-def _round_magnitude(x, plan, rounding, generator):
+def _round_magnitude(x, plan, rounding, source):
     """Narrow formats: returns (|x| rounded, not yet saturated; a free scratch buffer)."""
     magnitude = torch.abs(x)
     bits = magnitude.view(torch.int32)
@@ -228,19 +223,19 @@ def _round_magnitude(x, plan, rounding, generator):
     scratch = torch.empty_like(bits)
     offset = scratch.view(torch.float32)
 
-    def subnormal_offset(source):  # 2^emin where |x| < 2^emin, else 0 (NaN stays NaN)
-        torch.clamp(source, max=plan.min_normal, out=offset)
+    def subnormal_offset(magnitude_in):  # 2^emin where |x| < 2^emin, else 0 (NaN stays NaN)
+        torch.clamp(magnitude_in, max=plan.min_normal, out=offset)
         offset.sub_(plan.min_normal).sign_().mul_(-plan.min_normal)
 
     subnormal_offset(magnitude)
     magnitude.add_(offset)
-    bits.add_(_fill_random_low_bits(scratch, plan.drop, generator)).bitwise_and_(~((1 << plan.drop) - 1))
+    bits.add_(random_bits(scratch, plan.drop, source)).bitwise_and_(~((1 << plan.drop) - 1))
     subnormal_offset(torch.abs(x, out=offset))
     magnitude.sub_(offset)
     return magnitude, offset
 
 
-def _round_bits(x, plan, rounding, generator):
+def _round_bits(x, plan, rounding, source):
     """Formats with float32's subnormals: round the signed bit pattern directly."""
     bits = x.view(torch.int32)
     if rounding == "nearest" and plan.drop == 23:  # M = 0: ties up (see module docstring)
@@ -249,7 +244,7 @@ def _round_bits(x, plan, rounding, generator):
         out = torch.bitwise_right_shift(bits, plan.drop).bitwise_and_(1)
         out.add_((1 << (plan.drop - 1)) - 1).add_(bits)
     else:
-        out = _fill_random_low_bits(torch.empty_like(bits), plan.drop, generator).add_(bits)
+        out = random_bits(torch.empty_like(bits), plan.drop, source).add_(bits)
     return out.bitwise_and_(~((1 << plan.drop) - 1)).view(torch.float32)
 
 
