@@ -5,7 +5,8 @@ amax scales, plus ungridded norm vectors) with fixed gradients. Each optimizer i
 alone, with UpdateDiagnostics around every step as constructed by default (large layers
 watched through a 16384-entry sample), and with exact diagnostics (sample=None). Each
 optimizer has its own copy of the tensors; after a warm-up step they are timed round-robin,
-one step each per round (machine speed drifts alike for all), median of N rounds.
+one step each per round (machine speed drifts alike for all), median of N rounds. Compiled
+rows (GridOptim's fused move, torch's AdamW under torch.compile) compile in the warm-up.
 
     python benchmarks/optim_step.py [--n-embd 512] [--n-layer 3] [--repeats 7]
 """
@@ -61,6 +62,13 @@ def step_timers(make_optimizer, n_embd, n_layer):
     }
 
 
+def compiled_adamw(groups):
+    """torch's AdamW with its step under torch.compile (PyTorch's fused, compiled path)."""
+    optimizer = torch.optim.AdamW(groups, lr=1e-3)
+    optimizer.step = torch.compile(optimizer.step)
+    return optimizer
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-embd", type=int, default=512)
@@ -78,6 +86,8 @@ def main() -> None:
         "AdamW + grid master weights": with_projection,
         "ManifoldAdamW": lambda groups: ManifoldAdamW(groups, lr=1.0),
         "GridOptim": lambda groups: GridOptim(groups, lr=1e-1, rung_clip=4.0),
+        "GridOptim, compile=True": lambda groups: GridOptim(groups, lr=1e-1, rung_clip=4.0, compile=True),
+        "torch AdamW, compiled step": compiled_adamw,
     }
     n = sum(p.numel() for g in make_params(args.n_embd, args.n_layer)[0] for p in g["params"])
     print(f"{n / 1e6:.1f}M parameters, {torch.get_num_threads()} threads, median of {args.repeats} rounds")

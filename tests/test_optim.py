@@ -309,15 +309,17 @@ def test_rank_stats_of_known_matrices_and_critical_warning():
 # --- GridOptim ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("rungs", [0.3, -1.7])
-def test_grid_optim_stochastic_rungs_are_unbiased(rungs):
+def test_grid_optim_stochastic_rungs_are_unbiased(rungs, compile):
     """From 1.0 in E5M2 the step above is 0.25 and the one below 0.125: the target sits `rungs`
     grid points away. The mean move must be `rungs` within 4 sigma (about 0.01): rounding to
-    nearest (0 or -2) fails, and so does using the upward ULP for a downward move (-0.85)."""
+    nearest (0 or -2) fails, and so does using the upward ULP for a downward move (-0.85).
+    Compiled, the draws come from the counter hash: the same bound holds."""
     fmt, n = get_format("e5m2"), 40000
     spacing = 0.25 if rungs > 0 else 0.125
     w = param(torch.ones(n))
-    optimizer = GridOptim([{"params": [w], "fmt": fmt}], lr=1.0, momentum=0.0, seed=0)
+    optimizer = GridOptim([{"params": [w], "fmt": fmt}], lr=1.0, momentum=0.0, seed=0, compile=compile)
     w.grad = torch.full((n,), -rungs * spacing)
     optimizer.step()
     moved = grid_position(w.detach(), fmt) - grid_position(torch.tensor(1.0), fmt)
@@ -327,13 +329,14 @@ def test_grid_optim_stochastic_rungs_are_unbiased(rungs):
     assert optimizer.state[w]["attempted"] == n
 
 
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("name", ["e5m2", "e4m3", "e3m4"])
-def test_grid_optim_rung_clip_at_the_grid_edges_stays_finite(name):
+def test_grid_optim_rung_clip_at_the_grid_edges_stays_finite(name, compile):
     fmt = get_format(name)
     top, below_top = fmt.max_value, fmt.grid()[-2].item()
     start = torch.tensor([top, -top, top, 1.0, 1.0, 1.0, below_top])
     w = param(start)
-    optimizer = GridOptim([{"params": [w], "fmt": fmt}], lr=1.0, momentum=0.0, rung_clip=2.0, seed=0)
+    optimizer = GridOptim([{"params": [w], "fmt": fmt}], lr=1.0, momentum=0.0, rung_clip=2.0, seed=0, compile=compile)
     w.grad = torch.tensor([-1e30, 1e30, 1e30, -math.inf, math.nan, math.inf, -1e30])
     optimizer.step()
     rung = grid_position(w.detach(), fmt) - grid_position(start, fmt)
@@ -341,17 +344,17 @@ def test_grid_optim_rung_clip_at_the_grid_edges_stays_finite(name):
     assert rung.tolist() == [0, 0, -2, 2, 0, -2, 1]  # pinned at ±max, clipped to 2, NaN: no move
 
     w = param([top, -top])
-    unclipped = GridOptim([{"params": [w], "fmt": fmt}], lr=1.0, momentum=0.0)
+    unclipped = GridOptim([{"params": [w], "fmt": fmt}], lr=1.0, momentum=0.0, compile=compile)
     w.grad = torch.tensor([-math.inf, math.inf])
     unclipped.step()
     assert w.tolist() == [top, -top]
 
 
-def make_grid_run(start, seed):
+def make_grid_run(start, seed, compile=False):
     w = param(start)
     fmt = get_format("e4m3")
     optimizer = GridOptim([{"params": [w], "fmt": fmt, "scale": constant_scale(2.0)}],
-                          lr=0.05, momentum=0.9, rung_clip=3.0, weight_decay=0.1, seed=seed)
+                          lr=0.05, momentum=0.9, rung_clip=3.0, weight_decay=0.1, seed=seed, compile=compile)
     return w, optimizer
 
 
@@ -361,24 +364,25 @@ def run_steps(w, optimizer, grads):
         optimizer.step()
 
 
-def test_grid_optim_is_deterministic_and_resumes_exactly_from_state_dict():
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_grid_optim_is_deterministic_and_resumes_exactly_from_state_dict(compile):
     g = torch.Generator().manual_seed(0)
     start = torch.randn(500, generator=g) * 10
     grads = [torch.randn(500, generator=g) for _ in range(6)]
 
-    a, b, c = (make_grid_run(start, seed) for seed in (0, 0, 1))
+    a, b, c = (make_grid_run(start, seed, compile) for seed in (0, 0, 1))
     for w, optimizer in (a, b, c):
         run_steps(w, optimizer, grads)
     assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
 
-    w, optimizer = make_grid_run(start, seed=0)
+    w, optimizer = make_grid_run(start, seed=0, compile=compile)
     run_steps(w, optimizer, grads[:3])
     buffer = io.BytesIO()
     torch.save({"w": w.detach().clone(), "optimizer": optimizer.state_dict()}, buffer)  # the scale lambda is left out
     assert "scale" not in optimizer.state_dict()["param_groups"][0]
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=False)
-    resumed_w, resumed = make_grid_run(saved["w"], seed=123)  # its own seed is overwritten by the state
+    resumed_w, resumed = make_grid_run(saved["w"], seed=123, compile=compile)  # its own seed is overwritten by the state
     live_scale = resumed.param_groups[0]["scale"]
     resumed.load_state_dict(saved["optimizer"])
     assert resumed.param_groups[0]["scale"] is live_scale

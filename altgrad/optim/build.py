@@ -21,7 +21,8 @@ def build_optimizer(model_param_groups, optimizer_cfg, train_cfg) -> torch.optim
     manifold_adamw  ManifoldAdamW: groups with fmt get the ULP lr, the others train.lr
     grid            GridOptim, every group at optimizer.grid_lr (an SGD lr; train.lr is an
                     AdamW lr), momentum/rung_clip from optimizer_cfg,
-                    generator seeded with train.seed
+                    generator seeded with train.seed; train.compile fuses its move
+                    (GridOptim(compile=True))
 
     Every group gets "lr_scale" (its lr / train.lr; 1 unless the group's lr is in ULPs), so a
     schedule keeps each kind of lr in its units with group["lr"] = lr_t * group["lr_scale"].
@@ -45,7 +46,7 @@ def build_optimizer(model_param_groups, optimizer_cfg, train_cfg) -> torch.optim
         # every group is momentum SGD at grid_lr; gridded weights move in whole rungs
         optimizer = GridOptim(groups, lr=optimizer_cfg.grid_lr, momentum=optimizer_cfg.momentum,
                               rung_clip=optimizer_cfg.rung_clip, weight_decay=train_cfg.weight_decay,
-                              seed=train_cfg.seed)
+                              seed=train_cfg.seed, compile=train_cfg.compile)
     else:
         raise ValueError(f"unknown optimizer {name!r}; valid: adamw, manifold_adamw, grid")
     for g in optimizer.param_groups:

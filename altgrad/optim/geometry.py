@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
@@ -53,7 +52,7 @@ class _Layout:
     bottom_index: int  # grid position of the lowest value (-max, or 0 when unsigned)
 
 
-@lru_cache(maxsize=None)
+@torch.compiler.assume_constant_result  # a constant under torch.compile, as quantize's _plan
 def _layout(fmt: FloatFormat) -> _Layout:
     if fmt.emin < -126:
         raise ValueError(f"{fmt.name}: grid geometry needs emin >= -126 (normal float32), got {fmt.emin}")
@@ -141,16 +140,19 @@ def index_range(fmt: FloatFormat) -> tuple[int, int]:
     return layout.bottom_index, layout.top_index
 
 
-@lru_cache(maxsize=None)
-def _grid_table(fmt: FloatFormat, device: torch.device) -> torch.Tensor:
-    return fmt.grid().to(device)
-
-
 def grid_value(index: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
-    """The grid values (grid units) at integral indices within index_range(fmt)."""
-    table = _grid_table(fmt, index.device)
-    rows = (index - _layout(fmt).bottom_index).to(torch.int32)
-    return table.index_select(0, rows.flatten()).view(index.shape)
+    """The grid values (grid units) at integral float32 indices within index_range(fmt): a new tensor.
+
+    The inverse of grid_position, by the same layout: |i| < 2^M is i subnormal steps; above,
+    the float32 bit pattern is bits(2^emin) + (|i| - 2^M) * 2^(23 - M). Arithmetic rather than
+    a table lookup, so it runs on any device and fuses under torch.compile.
+    """
+    layout = _layout(fmt)
+    magnitude = index.abs()
+    subnormal = magnitude * (layout.min_normal * layout.ulp_of_binade)
+    above = (magnitude - 2.0**fmt.man_bits).clamp_(min=0.0).mul_(2.0**layout.step_bits).to(torch.int32)
+    normal = above.add_(layout.min_normal_bits).view(torch.float32)
+    return torch.where(magnitude < 2.0**fmt.man_bits, subnormal, normal).copysign_(index)
 
 
 @torch.no_grad()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from altgrad.quantization.random_bits import uniform
+from altgrad.quantization import FloatFormat
+from altgrad.quantization.random_bits import draw_key, uniform
 
 from .geometry import (
     GeometryOptimizer,
@@ -40,33 +41,59 @@ class GridOptim(GeometryOptimizer):
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, rung_clip: float = 0.0,
-                 weight_decay: float = 0.0, seed: int = 0):
+                 weight_decay: float = 0.0, seed: int = 0, compile: bool = False):
         if min(lr, rung_clip, weight_decay) < 0 or not 0 <= momentum < 1:
             raise ValueError(f"need lr, rung_clip, weight_decay >= 0 and 0 <= momentum < 1, "
                              f"got {lr}, {rung_clip}, {weight_decay}, {momentum}")
         super().__init__(params, dict(lr=lr, momentum=momentum, rung_clip=rung_clip, weight_decay=weight_decay))
         self.generator = torch.Generator(first_device(self.param_groups)).manual_seed(seed)
         checkpoint_generator(self, "grid_optim_rng", self.generator)
+        # compile=True: the move is one fused kernel per parameter (torch.compile, shapes
+        # dynamic), fed keys drawn from the generator (random_bits.py); eager draws differ.
+        self.compile = compile
+        self._move = torch.compile(move_on_grid, dynamic=True) if compile else move_on_grid
 
     def _update(self, p, state, group, fmt, scale):
         lr, wd = group["lr"], group["weight_decay"]
         if not state:
             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        buf = state["momentum_buffer"].mul_(group["momentum"]).add_(p.grad)
         if fmt is None:
+            buf = state["momentum_buffer"].mul_(group["momentum"]).add_(p.grad)
             p.mul_(1 - lr * wd).add_(buf, alpha=-lr)
             return
-        # the target in grid units: (w - lr * (buf + wd * w)) * s
-        target = torch.mul(p, 1 - lr * wd).add_(buf, alpha=-lr)
-        if scale is not None:
-            target.mul_(scale)
-        here = grid_position(to_grid_units(p, scale), fmt).round_()
-        rungs = grid_position(target, fmt).sub_(here).nan_to_num_(nan=0.0)
-        if group["rung_clip"] > 0:
-            rungs.clamp_(-group["rung_clip"], group["rung_clip"])
-        state["attempted"] = count_nonzero(rungs.abs())
-        moved = rungs.add_(uniform(rungs, self.generator)).floor_()
-        new = moved.add_(here).clamp_(*index_range(fmt))
-        state["flips"] = count_nonzero(here.sub_(new).abs_())  # abs: -0 - +0 is -0
-        value = grid_value(new, fmt)
-        p.copy_(value if scale is None else value.div_(scale))
+        # hyperparameters as a tensor: a schedule changing lr must not recompile the kernel
+        hyper = torch.tensor([lr, group["momentum"], wd, group["rung_clip"] or torch.inf], device=p.device)
+        source = draw_key(self.generator, p.device) if self.compile else self.generator
+        state["attempted"], state["flips"] = self._move(p, state["momentum_buffer"], p.grad, scale, hyper, source, fmt)
+
+
+def move_on_grid(p: torch.Tensor, buf: torch.Tensor, grad: torch.Tensor, scale: torch.Tensor | None,
+                 hyper: torch.Tensor, source, fmt: FloatFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """GridOptim's step for one gridded weight, in place on p and buf (see GridOptim).
+
+    hyper = (lr, momentum, weight decay, rung clip or inf); `source` feeds random_bits.
+    Returns (attempted, flips) as device scalars.
+    """
+    lr, momentum, wd, clip = hyper.unbind()
+    buf.mul_(momentum).add_(grad)
+    # the target in grid units: (w - lr * (buf + wd * w)) * s
+    target = torch.mul(p, 1 - lr * wd).sub_(buf * lr)
+    if scale is not None:
+        target.mul_(scale)
+    here = grid_position(to_grid_units(p, scale), fmt).round_()
+    rungs = grid_position(target, fmt).sub_(here).nan_to_num_(nan=0.0).clamp_(-clip, clip)
+    new = torch.add(rungs, uniform(rungs, source)).floor_().add_(here).clamp_(*index_range(fmt))
+    value = grid_value(new, fmt)
+    attempted, flips = _count_moves(rungs, here, new)
+    p.copy_(value if scale is None else value.div_(scale))
+    return attempted, flips
+
+
+def _count_moves(rungs: torch.Tensor, here: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights with a non-zero update in rungs, weights whose index changed); may modify `here`."""
+    if torch.compiler.is_compiling():
+        # one reduction of both counts packed in an int64 (each < 2^32): the compiler recomputes
+        # the whole move inside every reduction, so two separate counts cost two more moves
+        total = ((rungs != 0).to(torch.int64) + ((new != here).to(torch.int64) << 32)).sum()
+        return total & 0xFFFFFFFF, total >> 32
+    return count_nonzero(rungs.abs()), count_nonzero(here.sub_(new).abs_())  # abs: -0 - +0 is -0

@@ -14,7 +14,9 @@ Stochastic rounding adds uniform random bits below the kept mantissa and truncat
 picks the upper neighbour with probability exactly (distance to lower) / step. Values in
 the subnormal range are first shifted up by 2^emin, where float32's step is the format's
 subnormal step, so one truncation serves both ranges; the shift itself rounds |x| to
-2^(emin - 23), which bounds the bias by 2^(M - 23) of a step (invisible at 8 bits).
+2^(emin - 23), which bounds the bias by 2^(M - 23) of a step (invisible at 8 bits). The
+random bits come from random_bits.py: the generator when eager, a keyed counter hash when
+traced by torch.compile (round-to-nearest and the telemetry are bit-identical either way).
 
 Deliberate difference from ml_dtypes: with `saturate=True` (the default, as in training
 recipes) overflow clamps to ±max instead of becoming inf/NaN; `saturate=False` follows the
@@ -52,8 +54,10 @@ class _RoundingPlan:
     fix_nan: bool  # bit arithmetic may turn a NaN into inf or a number: restore it
 
 
+# torch.compile calls this at trace time and keeps the result as a constant: traced, a second
+# format on the same code would turn the format's ints into symbols that math.frexp rejects.
+@torch.compiler.assume_constant_result
 def _plan(fmt: FloatFormat) -> _RoundingPlan:
-    # not cached: a few float ops, and torch.compile traces it to constants either way
     drop = 23 - fmt.man_bits
     top_exp = math.frexp(fmt.max_value)[1] - 1
     magic_fits = top_exp + drop <= 127 and fmt.emin >= -126

@@ -30,14 +30,18 @@ def _mix32(h: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 16)
 
 
+def draw_key(generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+    """Two 32-bit keys for the counter hash, drawn from `generator` (None: the global one)."""
+    return torch.randint(0, _WORD + 1, (2,), dtype=torch.int64, generator=generator, device=device)
+
+
 def random_source(generator: torch.Generator | None, device: torch.device) -> torch.Generator | torch.Tensor | None:
     """What `random_bits` draws from: the generator itself when eager; when traced by
-    torch.compile, the two keys of this call, drawn from it now. Drawing from an explicit
+    torch.compile, the keys of this call, drawn from it now. Drawing from an explicit
     generator is a graph break, so call this before any other tensor work: then the break
-    splits nothing that the compiler could have fused."""
-    if torch.compiler.is_compiling():
-        return torch.randint(0, _WORD + 1, (2,), dtype=torch.int64, generator=generator, device=device)
-    return generator
+    splits nothing that the compiler could have fused. (A function compiled whole can take
+    keys from `draw_key` as an argument instead, and have no break at all.)"""
+    return draw_key(generator, device) if torch.compiler.is_compiling() else generator
 
 
 def random_bits(out: torch.Tensor, bits: int, source: torch.Generator | torch.Tensor | None) -> torch.Tensor:
@@ -59,8 +63,8 @@ def random_bits(out: torch.Tensor, bits: int, source: torch.Generator | torch.Te
     return out.bitwise_and_(mask)
 
 
-def uniform(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Uniform float32 in [0, 1) shaped like `like`, on 24-bit multiples (every float32 step there)."""
-    source = random_source(generator, like.device)
+def uniform(like: torch.Tensor, source: torch.Generator | torch.Tensor | None) -> torch.Tensor:
+    """Uniform float32 in [0, 1) shaped like `like`, on multiples of 2^-24 (every float32 step
+    there), from `source` as in `random_bits`."""
     draws = random_bits(torch.empty(like.shape, dtype=torch.int32, device=like.device), 24, source)
     return draws.to(torch.float32).mul_(2.0**-24)
