@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from altgrad.quantization import FloatFormat, quantize
+from altgrad.quantization.formats import per_format_constants
 
 GEOMETRY_KEYS = ("fmt", "scale")
 _EXP_MASK = 0x7F800000
@@ -52,7 +53,7 @@ class _Layout:
     bottom_index: int  # grid position of the lowest value (-max, or 0 when unsigned)
 
 
-@torch.compiler.assume_constant_result  # a constant under torch.compile, as quantize's _plan
+@per_format_constants
 def _layout(fmt: FloatFormat) -> _Layout:
     if fmt.emin < -126:
         raise ValueError(f"{fmt.name}: grid geometry needs emin >= -126 (normal float32), got {fmt.emin}")

@@ -18,10 +18,14 @@ precision: exp_bits <= 8, man_bits <= 23, and its smallest step no finer than 2^
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
+from typing import Callable, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 SPECIALS = ("ieee", "fn", "none")
 
@@ -160,6 +164,25 @@ class FloatFormat:
 
     def __str__(self) -> str:
         return self.name
+
+
+def per_format_constants(derive: Callable[[FloatFormat], T]) -> Callable[[FloatFormat], T]:
+    """Cache `derive(fmt)` per format; under torch.compile, its result is a trace-time constant.
+
+    Kernels look their per-format constants up on every call, so eager calls must hit a cache.
+    Traced, dynamo must not look inside: once one compiled function has seen two formats it
+    turns their int fields into symbols, which math.frexp and friends reject. Dynamo traces
+    through an lru_cache wrapper, so the cached function is hidden behind a plain one that
+    is marked constant.
+    """
+    cached = functools.lru_cache(maxsize=None)(derive)
+
+    @torch.compiler.assume_constant_result
+    @functools.wraps(derive)
+    def constants(fmt: FloatFormat) -> T:
+        return cached(fmt)
+
+    return constants
 
 
 def _registry() -> dict[str, FloatFormat | None]:

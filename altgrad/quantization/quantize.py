@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .formats import FloatFormat, get_format
+from .formats import FloatFormat, get_format, per_format_constants
 from .random_bits import random_bits, random_source
 
 _EXP_MASK = 0x7F800000
@@ -54,9 +54,7 @@ class _RoundingPlan:
     fix_nan: bool  # bit arithmetic may turn a NaN into inf or a number: restore it
 
 
-# torch.compile calls this at trace time and keeps the result as a constant: traced, a second
-# format on the same code would turn the format's ints into symbols that math.frexp rejects.
-@torch.compiler.assume_constant_result
+@per_format_constants
 def _plan(fmt: FloatFormat) -> _RoundingPlan:
     drop = 23 - fmt.man_bits
     top_exp = math.frexp(fmt.max_value)[1] - 1
