@@ -10,19 +10,23 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_workflow import ROOT, load
 
-from altgrad.analysis.budget import BudgetExceeded, ModelShape, budget_totals, flops_per_token, plan_job
+from altgrad.analysis.budget import (
+    BudgetExceeded,
+    ModelShape,
+    budget_totals,
+    flops_per_token,
+    plan_job,
+)
 from altgrad.analysis.matrix import (
     ExperimentError,
     library_hash,
-    load_experiment,
     load_experiment_files,
     normalize_scalars,
     run_id,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 REGISTRY_8 = ["bf16", "e5m2", "e4m3", "e3m4", "e2m5", "e1m6", "e0m7", "e7m0"]
 
 
@@ -36,10 +40,6 @@ def small(**sections) -> dict:
     }
     cfg.update(copy.deepcopy(sections))
     return cfg
-
-
-def load(cfg, **kw):
-    return load_experiment(cfg, schema=SCHEMA, **kw)
 
 
 def test_run_ids_follow_the_naming_rule():

@@ -20,11 +20,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from tiny_workflow import (
+    ROOT,
+    executed_jobs,
+    make_workflow,
+    snakemake,
+    tiny_experiment,
+    write_config,
+)
 
 from altgrad.analysis.export import export_runs
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TIMING = ["tokens_per_s", "step_time_s"]
 
 
@@ -34,80 +40,15 @@ TIMING = ["tokens_per_s", "step_time_s"]
 def tiny_config(**changes) -> dict:
     """3 runs (bf16 and e5m2 with AdamW from the grid, e5m2 GridOptim as an extra run
     with its own lr), a 1-layer GPT, 12 steps."""
-    cfg = {
-        "corpus": {"name": "eurlex-sample", "source": "eurlex-sample", "val_fraction": 0.1, "seed": 0,
-                   "compact_vocab": True},
-        "run": {
-            "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32},
-            "train": {"max_steps": 12, "batch_size": 4, "lr": 3.0e-3, "min_lr": 3.0e-4, "warmup_steps": 2,
-                      "eval_interval": 6, "eval_batches": 2, "checkpoint_interval": 4, "rank_interval": 0,
-                      "device": "cpu"},
-            "tracking": {"wandb_mode": "disabled"},
-        },
-        "grid": {"formats": ["bf16", "e5m2"], "optimizers": ["adamw"], "master_weights": ["fp32"], "seeds": [0]},
-        "extra_runs": [{"format": "e5m2", "optimizer": "grid", "seed": 0, "overrides": {"train.lr": 1.0e-2}}],
-        "budget": {"usd": 20, "device": "cpu", "price_usd_per_hour": 0, "mfu": 0.3},
-    }
-    for dotted, value in changes.items():
-        node = cfg
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return cfg
+    extra = [{"format": "e5m2", "optimizer": "grid", "seed": 0, "overrides": {"train.lr": 1.0e-2}}]
+    return tiny_experiment(**{"extra_runs": extra, **changes})
 
 
 TINY_RUNS = ["bf16-adamw-s0", "e5m2-adamw-s0", "e5m2-grid-s0"]
 
 
-def make_workflow(tmp_path: Path, config: dict | None = None) -> Path:
-    wf = tmp_path / "wf"
-    wf.mkdir()
-    for name in ("Snakefile", "workflow", "config", "profiles"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, wf / name)
-    (wf / "runpod").symlink_to(os.readlink(ROOT / "runpod"))
-    if config is not None:
-        write_config(wf, config)
-    return wf
-
-
-def write_config(wf: Path, config: dict) -> None:
-    (wf / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-def snakemake(wf: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run snakemake in ``wf``; ``.stdout`` holds stdout and stderr, interleaved."""
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    proc = subprocess.run([*SNAKEMAKE, *args], cwd=wf, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
-    return proc
-
-
 def mtimes(wf: Path, pattern: str) -> dict[str, int]:
     return {str(p.relative_to(wf)): p.stat().st_mtime_ns for p in sorted(wf.glob(pattern))}
-
-
-def executed_jobs(output: str) -> dict[str, int]:
-    """The 'Job stats' table Snakemake prints before running: rule -> count."""
-    counts, inside = {}, False
-    for line in output.splitlines():
-        if line.startswith("Job stats:"):
-            inside, counts = True, {}
-            continue
-        if inside:
-            parts = line.split()
-            if not parts:
-                if counts:
-                    inside = False
-                continue
-            if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total",):
-                counts[parts[0]] = int(parts[1])
-            elif parts[0] == "total":
-                inside = False
-    return counts
 
 
 def steps_without_timing(path: Path) -> pd.DataFrame:
@@ -309,7 +250,7 @@ def test_killed_workflow_resumes_to_the_same_results(tmp_path):
     wf = make_workflow(tmp_path, cfg)
     run_dir = wf / "results/runs/e5m2-adamw-s0"
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    proc = subprocess.Popen([*SNAKEMAKE, "--cores", "1"], cwd=wf, env=env, start_new_session=True,
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1"], cwd=wf, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     try:

@@ -8,7 +8,6 @@ import io
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from tiny_workflow import executed_jobs, load, make_workflow, snakemake, tiny_experiment
 
 from altgrad import cli
 from altgrad.analysis.budget import (
@@ -28,7 +28,7 @@ from altgrad.analysis.budget import (
     param_counts,
     plan_job,
 )
-from altgrad.analysis.matrix import ExperimentError, load_experiment
+from altgrad.analysis.matrix import ExperimentError
 from altgrad.analysis.scaling import ScalingInputError
 from altgrad.analysis.scaling_study import (
     budget_tag,
@@ -40,8 +40,6 @@ from altgrad.analysis.scaling_study import (
     plan_budget,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 VOCAB = 5376  # >= the compacted eurlex-sample vocabulary (5354), a multiple of 64
 TINY_SHAPES = [{"n_layer": 1, "n_embd": 8, "n_head": 1}, {"n_layer": 1, "n_embd": 16, "n_head": 1},
                {"n_layer": 1, "n_embd": 32, "n_head": 1}]
@@ -58,31 +56,15 @@ FITS_COLUMNS = {
 
 def tiny_config(**scaling) -> dict:
     """A one-run matrix (bf16) plus the tiny sweep: 3 budgets x 3 shapes x 2 formats."""
-    cfg = {
-        "corpus": {"name": "eurlex-sample", "source": "eurlex-sample", "val_fraction": 0.1, "seed": 0,
-                   "compact_vocab": True},
-        "run": {
-            "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32},
-            "train": {"max_steps": 12, "batch_size": 4, "lr": 3.0e-3, "min_lr": 3.0e-4, "warmup_steps": 2,
-                      "eval_interval": 6, "eval_batches": 2, "checkpoint_interval": 4, "rank_interval": 0,
-                      "shadow_interval": 3, "device": "cpu"},
-            "tracking": {"wandb_mode": "disabled"},
-        },
-        "grid": {"formats": ["bf16"], "optimizers": ["adamw"], "master_weights": ["fp32"], "seeds": [0]},
-        "budget": {"usd": 20, "device": "cpu", "price_usd_per_hour": 0, "mfu": 0.3},
-        "scaling": {
-            "formats": ["bf16", "e4m3"], "budgets": list(TINY_BUDGETS), "sizes": copy.deepcopy(TINY_SHAPES),
-            "vocab_size": VOCAB, "batch_size": 8,
-            "train": {"eval_batches": 4, "checkpoint_interval": 100000, "lr": 1.0e-2, "min_lr": 1.0e-3},
-            "n_boot": 50,
-        },
+    cfg = tiny_experiment(**{"grid.formats": ["bf16"], "run.train.shadow_interval": 3})
+    cfg["scaling"] = {
+        "formats": ["bf16", "e4m3"], "budgets": list(TINY_BUDGETS), "sizes": copy.deepcopy(TINY_SHAPES),
+        "vocab_size": VOCAB, "batch_size": 8,
+        "train": {"eval_batches": 4, "checkpoint_interval": 100000, "lr": 1.0e-2, "min_lr": 1.0e-3},
+        "n_boot": 50,
     }
     cfg["scaling"].update(scaling)
     return cfg
-
-
-def load(cfg, **kw):
-    return load_experiment(cfg, schema=SCHEMA, **kw)
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
@@ -295,36 +277,6 @@ def test_plan_uses_the_fitted_law_when_fits_exist_and_chinchilla_otherwise(tmp_p
 # ------------------------------------------------------------------------------ the real sweep
 
 
-def make_workflow(tmp_path: Path, config: dict) -> Path:
-    wf = tmp_path / "wf"
-    wf.mkdir()
-    for name in ("Snakefile", "workflow", "config", "profiles"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, wf / name)
-    (wf / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return wf
-
-
-def snakemake(wf: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=wf, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=900, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
-    return proc
-
-
-def job_counts(output: str) -> dict[str, int]:
-    lines = output.split("Job stats:", 1)[1].splitlines()[3:]
-    counts = {}
-    for line in lines:
-        parts = line.split()
-        if len(parts) != 2 or parts[0] == "total":
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
-
-
 @pytest.mark.slow
 def test_too_few_budgets_stops_snakemake_before_any_job(tmp_path):
     wf = make_workflow(tmp_path, tiny_config(budgets=[1e10, 1e11]))
@@ -339,13 +291,13 @@ def test_tiny_real_sweep_through_snakemake(tmp_path):
     wf = make_workflow(tmp_path, tiny_config())
     # the default target does not train the sweep
     dry = snakemake(wf, "-n")
-    assert job_counts(dry.stdout) == {"prepare": 1, "train": 1, "export": 1, "report": 1, "all": 1}
+    assert executed_jobs(dry.stdout) == {"prepare": 1, "train": 1, "export": 1, "report": 1, "all": 1}
     assert "scaling sweep (target results/scaling/report.html" in dry.stdout  # but prices it
     dry = snakemake(wf, "-n", "results/scaling/report.html")
-    assert job_counts(dry.stdout) == {"prepare": 1, "train": 18, "scaling_report": 1}
+    assert executed_jobs(dry.stdout) == {"prepare": 1, "train": 18, "scaling_report": 1}
 
     started = time.perf_counter()
-    snakemake(wf, "--cores", "2", "results/scaling/report.html")
+    snakemake(wf, "--cores", "2", "results/scaling/report.html", timeout=900)
     elapsed = time.perf_counter() - started
     print(f"\ntiny sweep (18 runs + prepare + fits) through snakemake --cores 2: {elapsed:.0f} s")
 
