@@ -233,10 +233,11 @@ def test_compiled_quantize_is_bit_identical_and_counts_the_same(name):
     fast = compiled(quantize)
     for saturate in (True, False):
         assert bits_equal(fast(x, fmt, saturate=saturate).numpy(), quantize(x, fmt, saturate=saturate).numpy()).all()
-    eager_stats, compiled_stats = QuantStats(), QuantStats()
-    quantize(x, fmt, stats=eager_stats)
-    fast(x, fmt, stats=compiled_stats)
-    assert compiled_stats.counts() == eager_stats.counts() and eager_stats.counts()["overflow"] > 0
+    for saturate in (True, False):
+        eager_stats, compiled_stats = QuantStats(), QuantStats()
+        quantize(x, fmt, saturate=saturate, stats=eager_stats)
+        fast(x, fmt, saturate=saturate, stats=compiled_stats)
+        assert compiled_stats.counts() == eager_stats.counts() and eager_stats.counts()["overflow"] > 0
 
 
 def test_compiled_stochastic_rounding_is_unbiased_reproducible_and_neighbour_only():
@@ -274,17 +275,21 @@ def test_signed_zero_nan_and_saturation():
 
 def test_telemetry_counts_match_a_hand_count():
     fmt = get_format("e4m3")  # min subnormal 2^-9, min normal 2^-6, max 448
-    x = torch.tensor([0.0, 1.0, 2.0**-11, -(2.0**-8), 500.0, -1e4, math.inf, math.nan, 2.0**-7, 3.0])
-    # underflow: 2^-11 -> 0 (1). subnormal results: -2^-8, 2^-7 (2). overflow: 500, -1e4, inf (3).
-    # non-finite inputs: inf, nan (2).
+    x = torch.tensor([0.0, 1.0, 2.0**-11, -(2.0**-8), 500.0, -1e4, math.inf, math.nan, 2.0**-7, 450.0])
+    # underflow: 2^-11 -> 0 (1). subnormal results: -2^-8, 2^-7 (2). overflow, inputs beyond
+    # ±448: 500, -1e4, inf, and 450 although it rounds to 448 (4). non-finite: inf, nan (2).
     stats = QuantStats(histogram=True)
     quantize(x, fmt, stats=stats)
-    assert stats.counts() == {"total": 10, "overflow": 3, "underflow": 1, "subnormal": 2, "nonfinite": 2}
-    assert stats.histogram.sum() == 10 and stats.histogram[0x7E] == 2 and stats.histogram[0xFE] == 1  # 500, inf -> 448; -1e4 -> -448
+    assert stats.counts() == {"total": 10, "overflow": 4, "underflow": 1, "subnormal": 2, "nonfinite": 2}
+    assert stats.histogram.sum() == 10 and stats.histogram[0x7E] == 3 and stats.histogram[0xFE] == 1  # 450, 500, inf -> 448; -1e4 -> -448
     quantize(x, fmt, "stochastic", stats=stats)  # counts accumulate across calls
-    assert stats.counts()["overflow"] == 6
+    assert stats.counts()["overflow"] == 8
     rates = stats.rates()
-    assert rates["overflow_rate"] == pytest.approx(0.3)
+    assert rates["overflow_rate"] == pytest.approx(0.4)
+    for saturate in (True, False):  # unsigned: negative inputs are out of range (-> 0 or NaN), not underflow
+        s = QuantStats()
+        quantize(torch.tensor([-2.0, -math.inf, 4.0, 0.0, 2.0**-130, 3e38]), "e8m0", saturate=saturate, stats=s)
+        assert s.counts() == {"total": 6, "overflow": 3, "underflow": 1, "subnormal": 0, "nonfinite": 1}, saturate
     for name in ("bf16", "e8m0"):  # the bit-pattern path counts the same way
         s = QuantStats()
         quantize(torch.tensor([1.0, math.nan, 0.0, 3e38, 1e-45]), name, stats=s)

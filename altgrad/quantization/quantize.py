@@ -50,7 +50,6 @@ class _RoundingPlan:
     c_hi: int  # bits of 2^(exponent of max): largest binade (E = 0: all values share emin's step)
     max_value: float
     min_normal: float
-    normal_threshold: float  # midpoint below min_normal: results above it are normal
     fix_nan: bool  # bit arithmetic may turn a NaN into inf or a number: restore it
 
 
@@ -68,7 +67,6 @@ def _plan(fmt: FloatFormat) -> _RoundingPlan:
         c_hi=(max(top_exp, fmt.emin) + 127) << 23,
         max_value=fmt.max_value,
         min_normal=fmt.min_normal,
-        normal_threshold=fmt.min_normal - fmt.min_subnormal / 2,
         # Float ops keep NaN quiet (bit 22 set), which survives truncation unless M = 0;
         # the bit-pattern path sees raw NaN payloads. RNE on the magic path is pure float.
         fix_nan=not magic_fits or fmt.man_bits == 0,
@@ -79,7 +77,8 @@ class QuantStats:
     """What quantization did to the values it saw: running counts kept as device tensors.
 
     Counting adds no host sync; read `rates()` / `counts()` when logging (that syncs once).
-    overflow  = inputs beyond ±max, inf included (saturated, or inf/NaN when not saturating)
+    overflow  = inputs outside the format's range: beyond ±max, inf included (they saturate, or
+                become inf/NaN when not saturating); for an unsigned format, every negative input
     underflow = non-zero inputs that became zero
     subnormal = results in the subnormal range (non-zero, below min_normal)
     nonfinite = NaN or inf inputs
@@ -125,33 +124,40 @@ class QuantStats:
         if self.histogram is not None and "histogram" in state:
             self.histogram.copy_(state["histogram"])
 
-    def _count(self, x: torch.Tensor, magnitude: torch.Tensor, plan: _RoundingPlan, scratch: torch.Tensor) -> None:
-        """Update counts from the input and the rounded, not yet saturated |result|.
+    def _count(self, x: torch.Tensor, result: torch.Tensor, fmt: FloatFormat, saturate: bool, scratch: torch.Tensor) -> None:
+        """Update counts from the input and the final result, after everything quantize did.
 
         Eager, each count is one comparison written into the float scratch buffer plus
         count_nonzero on its bit view (faster than bool tensors on CPU); traced by
-        torch.compile, plain comparisons, which the compiler fuses into the rounding pass
-        (writing into the scratch would stop that). NaN compares unequal to everything and
-        never less-or-equal, which the arithmetic below uses.
+        torch.compile, plain comparisons on the returned tensor, which the compiler fuses
+        into the loop that writes it (counting an intermediate would make it recompute the
+        rounding in a second loop). NaN compares unequal to everything and is never less,
+        greater or less-or-equal, which the arithmetic below uses.
         """
         bits = scratch.view(torch.int32)
+        compiling = torch.compiler.is_compiling()
 
-        def count(op, tensor, threshold):
-            if torch.compiler.is_compiling():
-                return op(tensor, threshold).sum(dtype=torch.int32)
-            op(tensor, threshold, out=scratch)
+        def count(op, tensor, threshold, magnitude=False):
+            if compiling:
+                return op(tensor.abs() if magnitude else tensor, threshold).sum(dtype=torch.int32)
+            if magnitude:
+                op(torch.abs(tensor, out=scratch), threshold, out=scratch)
+            else:
+                op(tensor, threshold, out=scratch)
             return torch.count_nonzero(bits)
 
         n = x.numel()
         nonzero_in = count(torch.ne, x, 0.0)  # NaN included
-        nonzero_out = count(torch.ne, magnitude, 0.0)  # NaN included: cancels in underflow
-        zero_or_subnormal = count(torch.le, magnitude, plan.normal_threshold)
-        saturated = count(torch.gt, magnitude, plan.max_value)  # finite overflow and inf
-        finite = count(torch.le, magnitude, torch.finfo(torch.float32).max)
+        nonzero_out = count(torch.ne, result, 0.0)  # NaN included: cancels in underflow
+        zero_or_subnormal = count(torch.lt, result, fmt.min_normal, magnitude=True)
+        beyond_max = count(torch.gt, x, fmt.max_value, magnitude=fmt.signed)  # inf included
+        finite = count(torch.le, x, torch.finfo(torch.float32).max, magnitude=True)
+        negatives = 0 if fmt.signed else count(torch.lt, x, 0.0)  # out of an unsigned range
         self.total.add_(n)
-        self.underflow.add_(nonzero_in - nonzero_out)
+        # saturated negatives became 0 but are overflow, not underflow (unsaturated: NaN, cancels)
+        self.underflow.add_(nonzero_in - nonzero_out - (negatives if saturate else 0))
         self.subnormal.add_(zero_or_subnormal - (n - nonzero_out))
-        self.overflow.add_(saturated)
+        self.overflow.add_(beyond_max + negatives)
         self.nonfinite.add_(n - finite)
 
 
@@ -179,16 +185,11 @@ def quantize(
     x = x.detach().to(torch.float32).contiguous()
     plan = _plan(fmt)
     if plan.int_path:
-        result = _round_bits(x, plan, rounding, source)
-        if stats is not None:
-            magnitude, scratch = result.abs(), torch.empty_like(x)
+        result, scratch = _round_bits(x, plan, rounding, source), None
     else:
-        magnitude, scratch = _round_magnitude(x, plan, rounding, source)
-        result = magnitude
+        result, scratch = _round_magnitude(x, plan, rounding, source)
     if plan.fix_nan and (plan.int_path or rounding == "stochastic"):
         result.masked_fill_(torch.isnan(x), math.nan)
-    if stats is not None:
-        stats._count(x, magnitude, plan, scratch)
     if saturate or fmt.specials == "none":
         result.clamp_(-plan.max_value, plan.max_value)
     else:
@@ -197,6 +198,8 @@ def quantize(
         result.copysign_(x)
     if not fmt.signed:
         result.masked_fill_(x < 0, 0.0 if saturate else math.nan)
+    if stats is not None:
+        stats._count(x, result, fmt, saturate, torch.empty_like(x) if scratch is None else scratch)
     if stats is not None and stats.histogram is not None:
         stats.histogram.add_(torch.bincount(_encode_grid_values(result, fmt).flatten().long(), minlength=256))
     return result
