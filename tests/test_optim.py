@@ -330,6 +330,22 @@ def test_grid_optim_stochastic_rungs_are_unbiased(rungs, compile):
 
 
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_grid_optim_counts_each_weight_of_any_size(compile):
+    """Whole-rung targets move deterministically, so the counts are known: 2 rungs up for the
+    first k entries, none for the rest. Sizes shrink, then grow (compiled: the flag buffer
+    shared by all weights is sliced, then reallocated)."""
+    fmt = get_format("e4m3")  # at 1.0 the step is 1/8
+    weights = [param(torch.ones(n)) for n in (300, 7, 1000)]
+    optimizer = GridOptim([{"params": weights, "fmt": fmt}], lr=1.0, momentum=0.0, compile=compile)
+    for w, k in zip(weights, (120, 3, 999)):
+        w.grad = torch.cat([torch.full((k,), -0.25), torch.zeros(w.numel() - k)])
+    optimizer.step()
+    for w, k in zip(weights, (120, 3, 999)):
+        assert (int(optimizer.state[w]["attempted"]), int(optimizer.state[w]["flips"])) == (k, k)
+        assert torch.equal(w.detach()[:k], torch.full((k,), 1.25)) and (w.detach()[k:] == 1).all()
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("name", ["e5m2", "e4m3", "e3m4"])
 def test_grid_optim_rung_clip_at_the_grid_edges_stays_finite(name, compile):
     fmt = get_format(name)
@@ -342,6 +358,7 @@ def test_grid_optim_rung_clip_at_the_grid_edges_stays_finite(name, compile):
     rung = grid_position(w.detach(), fmt) - grid_position(start, fmt)
     assert torch.isfinite(w).all()
     assert rung.tolist() == [0, 0, -2, 2, 0, -2, 1]  # pinned at ±max, clipped to 2, NaN: no move
+    assert (int(optimizer.state[w]["attempted"]), int(optimizer.state[w]["flips"])) == (4, 4)
 
     w = param([top, -top])
     unclipped = GridOptim([{"params": [w], "fmt": fmt}], lr=1.0, momentum=0.0, compile=compile)
