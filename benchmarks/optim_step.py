@@ -6,7 +6,8 @@ alone, with UpdateDiagnostics around every step as constructed by default (large
 watched through a 16384-entry sample), and with exact diagnostics (sample=None). Each
 optimizer has its own copy of the tensors; after a warm-up step they are timed round-robin,
 one step each per round (machine speed drifts alike for all), median of N rounds. Compiled
-rows (GridOptim's fused move, torch's AdamW under torch.compile) compile in the warm-up.
+rows (GridOptim's fused move, the grid projection, torch's AdamW under torch.compile)
+compile in the warm-up.
 
     python benchmarks/optim_step.py [--n-embd 512] [--n-layer 3] [--repeats 7]
 """
@@ -19,6 +20,7 @@ import torch
 
 from altgrad.optim import GridOptim, GridProjection, ManifoldAdamW, UpdateDiagnostics
 from altgrad.quantization import get_format
+from steady_memory import keep_freed_memory
 
 FMT = get_format("e4m3")
 
@@ -75,22 +77,24 @@ def main() -> None:
     parser.add_argument("--n-layer", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
+    memory = "freed blocks <= 32 MB reused" if keep_freed_memory() else "allocator left as is (timings include page faults)"
 
-    def with_projection(groups):
+    def with_projection(groups, compile=False):
         optimizer = torch.optim.AdamW(groups, lr=1e-3)
-        GridProjection.attach(optimizer, "nearest", seed=0)
+        GridProjection.attach(optimizer, "nearest", seed=0, compile=compile)
         return optimizer
 
     candidates = {
         "torch AdamW": lambda groups: torch.optim.AdamW(groups, lr=1e-3),
         "AdamW + grid master weights": with_projection,
+        "  the same, compiled projection": lambda groups: with_projection(groups, compile=True),
         "ManifoldAdamW": lambda groups: ManifoldAdamW(groups, lr=1.0),
         "GridOptim": lambda groups: GridOptim(groups, lr=1e-1, rung_clip=4.0),
         "GridOptim, compile=True": lambda groups: GridOptim(groups, lr=1e-1, rung_clip=4.0, compile=True),
         "torch AdamW, compiled step": compiled_adamw,
     }
     n = sum(p.numel() for g in make_params(args.n_embd, args.n_layer)[0] for p in g["params"])
-    print(f"{n / 1e6:.1f}M parameters, {torch.get_num_threads()} threads, median of {args.repeats} rounds")
+    print(f"{n / 1e6:.1f}M parameters, {torch.get_num_threads()} threads, median of {args.repeats} rounds, {memory}")
     timers = {(name, kind): fn for name, make in candidates.items()
               for kind, fn in step_timers(make, args.n_embd, args.n_layer).items()}
     times = {key: [] for key in timers}

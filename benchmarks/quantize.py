@@ -16,6 +16,7 @@ import time
 import torch
 
 from altgrad.quantization import FORMAT_NAMES, QuantStats, quantize
+from steady_memory import keep_freed_memory
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -34,12 +35,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--eager-only", action="store_true", help="skip the torch.compile table")
     args = parser.parse_args()
+    memory = "freed blocks <= 32 MB reused" if keep_freed_memory() else "allocator left as is (timings include page faults)"
 
     x = torch.randn(args.elements, generator=torch.Generator().manual_seed(0)) * 3
     generator = torch.Generator().manual_seed(1)
     torch_rt = median_ms(lambda: x.to(torch.float8_e4m3fn).float(), args.repeats)
     clone = median_ms(lambda: x.clone(), args.repeats)
-    print(f"{args.elements:,} float32 elements, {torch.get_num_threads()} threads, median of {args.repeats}")
+    print(f"{args.elements:,} float32 elements, {torch.get_num_threads()} threads, median of {args.repeats}, {memory}")
     print(f"torch e4m3fn round trip: {torch_rt:.1f} ms   clone: {clone:.1f} ms")
     print(f"{'':<7}{'RNE ms':>8}{'/torch':>8}{'/clone':>8}{'SR ms':>8}{'/torch':>8}{'+telem RNE':>12}{'+telem SR':>11}")
     modes = {"eager": lambda fn: fn}

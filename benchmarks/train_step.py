@@ -21,6 +21,7 @@ from altgrad.training.config import RunConfig
 from altgrad.training.data import prepare
 from altgrad.training.trainer import Trainer
 from altgrad.training.tracking import Tracker
+from steady_memory import keep_freed_memory
 
 MODELS = {
     "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64},
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as a pipeline job)")
     args = parser.parse_args()
+    memory = "freed blocks <= 32 MB reused" if keep_freed_memory() else "allocator left as is (timings include page faults)"
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +80,7 @@ def main() -> None:
             tokens = 8 * MODELS[model]["block_size"]
             bf16 = results["bf16"]
             print(f"\n{model}: {Trainer(RunConfig.from_dict(base), tmp / 'x').params_non_embedding:,} non-embedding "
-                  f"params, batch 8 x {MODELS[model]['block_size']} tokens, median of {args.steps} steps")
+                  f"params, batch 8 x {MODELS[model]['block_size']} tokens, median of {args.steps} steps, {memory}")
             print(f"{'recipe':<22}{'step ms':>9}{'/bf16':>7}{'tokens/s':>10}")
             for recipe, seconds in results.items():
                 print(f"{recipe + ' (w+a+g)':<22}{seconds * 1e3:>9.1f}{seconds / bf16:>7.2f}{tokens / seconds:>10.0f}")

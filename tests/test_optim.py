@@ -22,6 +22,7 @@ from altgrad.optim import (
     index_range,
     one_more_mantissa_bit,
     partition_relative_clip,
+    project_to_grid,
     stiffness,
 )
 from altgrad.quantization import FORMAT_NAMES, FloatFormat, encode, get_format, quantize
@@ -257,11 +258,12 @@ def test_update_diagnostics_totals_correlation_sign_and_nonfinite():
     assert math.isnan(m["update.b.stall_ratio"])  # nothing attempted
 
 
-def test_grid_master_weights_have_zero_grid_distance():
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_grid_master_weights_have_zero_grid_distance(compile):
     fmt = get_format("e4m3")
     w = param(torch.randn(300, generator=torch.Generator().manual_seed(0)) * 0.05)
     optimizer = torch.optim.AdamW([{"params": [w], "fmt": fmt, "scale": constant_scale(64.0)}], lr=1e-2)
-    GridProjection.attach(optimizer, "stochastic", seed=0)
+    GridProjection.attach(optimizer, "stochastic", seed=0, compile=compile)
     diag = UpdateDiagnostics({"w": (w, fmt, constant_scale(64.0))})
     w.grad = torch.randn(300)
     diag.before_step()
@@ -407,14 +409,26 @@ def test_grid_optim_is_deterministic_and_resumes_exactly_from_state_dict(compile
     assert torch.equal(resumed_w, a[0])
 
 
-def test_grid_projection_resumes_exactly():
+def test_compiled_grid_projection_rounds_to_nearest_as_eager_does():
+    fmt, g = get_format("e4m3"), torch.Generator().manual_seed(0)
+    start = torch.randn(5000, generator=g) * 0.05
+    projected = []
+    for compile in (False, True):
+        w = param(start.clone())
+        project_to_grid([{"params": [w], "fmt": fmt, "scale": constant_scale(64.0)}], compile=compile)
+        projected.append(w.detach())
+    assert torch.equal(projected[0], projected[1]) and torch.equal(projected[0], quantize(start * 64, fmt) / 64)
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_grid_projection_resumes_exactly(compile):
     fmt, g = get_format("e5m2"), torch.Generator().manual_seed(0)
     start, grads = torch.randn(200, generator=g), [torch.randn(200, generator=g) for _ in range(4)]
 
     def make(w0):
         w = param(w0)
         optimizer = ManifoldAdamW([{"params": [w], "fmt": fmt}], lr=0.3)
-        GridProjection.attach(optimizer, "stochastic", seed=7)
+        GridProjection.attach(optimizer, "stochastic", seed=7, compile=compile)
         return w, optimizer
 
     w, optimizer = make(start)

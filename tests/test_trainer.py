@@ -161,3 +161,23 @@ def test_every_optimizer_trains_and_writes_its_diagnostics(corpus, tmp_path, opt
         assert steps[column].notna().any(), column
     if master == "grid" or optimizer == "grid":  # stored weights are grid points: no distance to the grid
         assert steps["update.h.0.attn.c_attn.grid_distance"].max() == 0
+
+
+@pytest.mark.parametrize("optimizer, master", [("adamw", "grid"), ("grid", "fp32")])
+def test_compiled_training_follows_eager_training(corpus, tmp_path, optimizer, master):
+    """train.compile: the quantized model, the grid projection and GridOptim's move are
+    compiled. The first forward pass is the same bit for bit; after it, the compiler's float
+    reordering in the backward pass moves weights that sit near a rounding tie, and GridOptim's
+    rung rounding draws other (seeded) bits, so the runs only follow each other closely."""
+    losses = {}
+    for compile in (False, True):
+        cfg = tiny_config(corpus, **{"optimizer.name": optimizer, "optimizer.master_weights": master,
+                                     "train.shadow_interval": 0, "train.max_steps": 12, "train.compile": compile})
+        summary = train(cfg, tmp_path / f"run-{compile}", progress=False)
+        steps = pd.read_parquet(tmp_path / f"run-{compile}" / "steps.parquet")
+        assert summary["status"] == "completed"
+        assert steps["update.h.0.attn.c_attn.grid_distance"].max() == 0  # weights stay grid points
+        losses[compile] = steps["loss"].to_numpy()
+    assert losses[True][0] == losses[False][0]
+    assert abs(losses[True] - losses[False]).max() < (0.01 if optimizer == "adamw" else 0.05)
+    assert losses[True][-3:].mean() < losses[True][:3].mean() - 0.3

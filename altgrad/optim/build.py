@@ -28,7 +28,8 @@ def build_optimizer(model_param_groups, optimizer_cfg, train_cfg) -> torch.optim
     schedule keeps each kind of lr in its units with group["lr"] = lr_t * group["lr_scale"].
 
     master_weights "grid" attaches GridProjection (optimizer_cfg.grid_rounding, seeded with
-    train.seed) to adamw and manifold_adamw; GridOptim's weights are on the grid already.
+    train.seed; train.compile fuses it) to adamw and manifold_adamw; GridOptim's weights are
+    on the grid already.
     """
     groups = [dict(g) for g in model_param_groups]  # the caller's dicts stay as they were
     betas = (train_cfg.beta1, train_cfg.beta2)
@@ -52,5 +53,5 @@ def build_optimizer(model_param_groups, optimizer_cfg, train_cfg) -> torch.optim
     for g in optimizer.param_groups:
         g.setdefault("lr_scale", g["lr"] / train_cfg.lr)
     if optimizer_cfg.master_weights == "grid" and name != "grid":
-        GridProjection.attach(optimizer, optimizer_cfg.grid_rounding, seed=train_cfg.seed)
+        GridProjection.attach(optimizer, optimizer_cfg.grid_rounding, seed=train_cfg.seed, compile=train_cfg.compile)
     return optimizer

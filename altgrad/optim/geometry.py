@@ -29,6 +29,7 @@ import torch
 
 from altgrad.quantization import FloatFormat, quantize
 from altgrad.quantization.formats import per_format_constants
+from altgrad.quantization.random_bits import draw_key
 
 GEOMETRY_KEYS = ("fmt", "scale")
 _EXP_MASK = 0x7F800000
@@ -156,15 +157,28 @@ def grid_value(index: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
     return torch.where(magnitude < 2.0**fmt.man_bits, subnormal, normal).copysign_(index)
 
 
+def project_weight(p: torch.Tensor, scale: torch.Tensor | None, fmt: FloatFormat, rounding: str = "nearest",
+                   generator: torch.Generator | torch.Tensor | None = None) -> None:
+    """Put one weight back on its grid (saturating), in place; `generator` as in quantize."""
+    q = quantize(to_grid_units(p, scale), fmt, rounding, generator=generator)
+    p.copy_(q if scale is None else q.div_(scale))
+
+
+_compiled_project_weight = torch.compile(project_weight, dynamic=True)
+
+
 @torch.no_grad()
-def project_to_grid(param_groups, rounding: str = "nearest", generator: torch.Generator | None = None) -> None:
+def project_to_grid(param_groups, rounding: str = "nearest", generator: torch.Generator | None = None,
+                    compile: bool = False) -> None:
     """Put every weight of a group with ``fmt`` back on its grid (saturating), in place.
 
     With it after each step, a weight's stored value is always a grid value, so an update
     smaller than half a ULP (nearest) is lost, and with "stochastic" it survives only in
     expectation. Works with any optimizer: it reads only the groups' geometry. With a
     power-of-two scale (the default recipe) the stored weight times the scale is exactly
-    a grid value.
+    a grid value. compile=True projects each weight in one fused kernel (torch.compile,
+    shapes dynamic); stochastic rounding then draws keys from `generator` for the counter
+    hash, as GridOptim(compile=True) does.
     """
     for group in param_groups:
         fmt = group.get("fmt")
@@ -172,8 +186,11 @@ def project_to_grid(param_groups, rounding: str = "nearest", generator: torch.Ge
             continue
         scale = group_scale(group)
         for p in group["params"]:
-            q = quantize(to_grid_units(p, scale), fmt, rounding, generator=generator)
-            p.copy_(q if scale is None else q.div_(scale))
+            if not compile:
+                project_weight(p, scale, fmt, rounding, generator)
+                continue
+            source = draw_key(generator, p.device) if rounding == "stochastic" else None
+            _compiled_project_weight(p, scale, fmt, rounding, source)
 
 
 # --- optimizer plumbing shared by every optimizer here --------------------------------------
@@ -255,16 +272,17 @@ class GridProjection:
     optimizer's state_dict, so it works unchanged with torch's AdamW and with ours.
     """
 
-    def __init__(self, rounding: str, generator: torch.Generator):
-        self.rounding, self.generator = rounding, generator
+    def __init__(self, rounding: str, generator: torch.Generator, compile: bool = False):
+        self.rounding, self.generator, self.compile = rounding, generator, compile
 
     @classmethod
-    def attach(cls, optimizer: torch.optim.Optimizer, rounding: str, seed: int) -> "GridProjection":
+    def attach(cls, optimizer: torch.optim.Optimizer, rounding: str, seed: int,
+               compile: bool = False) -> "GridProjection":
         generator = torch.Generator(first_device(optimizer.param_groups)).manual_seed(seed)
-        projection = cls(rounding, generator)
+        projection = cls(rounding, generator, compile)
         optimizer.register_step_post_hook(projection)
         checkpoint_generator(optimizer, "grid_projection_rng", generator)
         return projection
 
     def __call__(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
-        project_to_grid(optimizer.param_groups, self.rounding, self.generator)
+        project_to_grid(optimizer.param_groups, self.rounding, self.generator, self.compile)

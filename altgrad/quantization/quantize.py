@@ -166,7 +166,7 @@ def quantize(
     fmt: FloatFormat | str,
     rounding: str = "nearest",
     saturate: bool = True,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | torch.Tensor | None = None,
     *,
     stats: QuantStats | None = None,
 ) -> torch.Tensor:
@@ -174,7 +174,9 @@ def quantize(
 
     rounding="nearest": round half to even, exact at ties; "stochastic": one of the two
     neighbours, the upper with probability (x - lower) / step, from `generator` (or the
-    global RNG of x's device). NaN stays NaN, ±0 keep their sign, subnormals are kept.
+    global RNG of x's device), or from keys of random_bits.draw_key in its place (what a
+    caller compiled whole passes, see random_source). NaN stays NaN, ±0 keep their sign,
+    subnormals are kept.
     """
     fmt = get_format(fmt)
     if rounding not in ("nearest", "stochastic"):

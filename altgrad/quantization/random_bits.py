@@ -35,12 +35,16 @@ def draw_key(generator: torch.Generator | None, device: torch.device | str) -> t
     return torch.randint(0, _WORD + 1, (2,), dtype=torch.int64, generator=generator, device=device)
 
 
-def random_source(generator: torch.Generator | None, device: torch.device) -> torch.Generator | torch.Tensor | None:
+def random_source(generator: torch.Generator | torch.Tensor | None,
+                  device: torch.device) -> torch.Generator | torch.Tensor | None:
     """What `random_bits` draws from: the generator itself when eager; when traced by
     torch.compile, the keys of this call, drawn from it now. Drawing from an explicit
     generator is a graph break, so call this before any other tensor work: then the break
-    splits nothing that the compiler could have fused. (A function compiled whole can take
-    keys from `draw_key` as an argument instead, and have no break at all.)"""
+    splits nothing that the compiler could have fused. A function compiled whole takes keys
+    from `draw_key` (drawn eagerly by its caller) in place of the generator instead: they
+    pass through, and the graph has no break at all."""
+    if isinstance(generator, torch.Tensor):
+        return generator
     return draw_key(generator, device) if torch.compiler.is_compiling() else generator
 
 
