@@ -453,7 +453,7 @@ def make_figures(runs: pd.DataFrame, metrics: pd.DataFrame) -> list[Figure]:
         + "log scale)." + band,
         "No update diagnostics (update.flips) recorded.")
     add("rates", "Overflow and underflow rates", _rates_heatmap(runs),
-        "Mean over steps and seeds of the fraction of quantized elements that overflowed (saturated to ±max) or "
+        "Mean over steps and seeds of the fraction of quantized elements that overflowed (beyond ±max: saturated) or "
         "underflowed (flushed to zero), per operand. Colour is log-scaled; 0 means never.",
         "No quantization telemetry (quant.*.overflow_rate): only unquantized runs.")
     add("grad_cos", "Gradient cosine to the FP32 shadow",
