@@ -147,8 +147,8 @@ class QuantStats:
             return torch.count_nonzero(bits)
 
         n = x.numel()
-        nonzero_in = count(torch.ne, x, 0.0)  # NaN included
-        nonzero_out = count(torch.ne, result, 0.0)  # NaN included: cancels in underflow
+        nonzero_in = torch.count_nonzero(x)  # NaN included; -0.0 is zero (one pass, not two)
+        nonzero_out = torch.count_nonzero(result)  # NaN included: cancels in underflow
         zero_or_subnormal = count(torch.lt, result, fmt.min_normal, magnitude=True)
         beyond_max = count(torch.gt, x, fmt.max_value, magnitude=fmt.signed)  # inf included
         finite = count(torch.le, x, torch.finfo(torch.float32).max, magnitude=True)
