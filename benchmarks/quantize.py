@@ -14,9 +14,9 @@ import statistics
 import time
 
 import torch
+from steady_memory import keep_freed_memory
 
 from altgrad.quantization import FORMAT_NAMES, QuantStats, quantize
-from steady_memory import keep_freed_memory
 
 
 def median_ms(fn, repeats: int) -> float:

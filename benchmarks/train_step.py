@@ -16,12 +16,12 @@ import warnings
 from pathlib import Path
 
 import torch
+from steady_memory import keep_freed_memory
 
 from altgrad.training.config import RunConfig
 from altgrad.training.data import prepare
-from altgrad.training.trainer import Trainer
 from altgrad.training.tracking import Tracker
-from steady_memory import keep_freed_memory
+from altgrad.training.trainer import Trainer
 
 MODELS = {
     "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64},
