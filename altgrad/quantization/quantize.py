@@ -138,8 +138,10 @@ class QuantStats:
         compiling = torch.compiler.is_compiling()
 
         def count(op, tensor, threshold, magnitude=False):
-            if compiling:
+            if compiling:  # int32 sums: the compiler keeps 16 lanes per vector, not 8
                 return op(tensor.abs() if magnitude else tensor, threshold).sum(dtype=torch.int32)
+            if op is torch.ne and threshold == 0.0 and not magnitude:
+                return torch.count_nonzero(tensor)  # one pass, not two; -0.0 counts as zero
             if magnitude:
                 op(torch.abs(tensor, out=scratch), threshold, out=scratch)
             else:
@@ -147,8 +149,8 @@ class QuantStats:
             return torch.count_nonzero(bits)
 
         n = x.numel()
-        nonzero_in = torch.count_nonzero(x)  # NaN included; -0.0 is zero (one pass, not two)
-        nonzero_out = torch.count_nonzero(result)  # NaN included: cancels in underflow
+        nonzero_in = count(torch.ne, x, 0.0)  # NaN included
+        nonzero_out = count(torch.ne, result, 0.0)  # NaN included: cancels in underflow
         zero_or_subnormal = count(torch.lt, result, fmt.min_normal, magnitude=True)
         beyond_max = count(torch.gt, x, fmt.max_value, magnitude=fmt.signed)  # inf included
         finite = count(torch.le, x, torch.finfo(torch.float32).max, magnitude=True)
