@@ -4,7 +4,8 @@ For 16M float32 elements: every registry format with round-to-nearest-even and s
 rounding, with and without telemetry, against (a) torch's own float8_e4m3fn round trip
 `x.to(torch.float8_e4m3fn).float()` and (b) `x.clone()`. Median of N runs after warm-up.
 Two tables: `quantize` as called (eager), and `torch.compile(quantize)`, which fuses the
-same code into one kernel per call (as in a model trained with `compile: true`).
+same code into one kernel per call (as in a model trained with `compile: true`). Each row
+is timed round-robin with its references, so drift between rows does not bias its ratios.
 
     python benchmarks/quantize.py [--elements 16777216] [--repeats 7] [--eager-only]
 """
@@ -19,14 +20,18 @@ from steady_memory import keep_freed_memory
 from altgrad.quantization import FORMAT_NAMES, QuantStats, quantize
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def round_robin_ms(fns: dict, repeats: int) -> dict:
+    """Median ms of each function, timed one call each per round after a warm-up call (which
+    also compiles): machine speed drifts alike for all of them."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    times = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(t) * 1e3 for key, t in times.items()}
 
 
 def main() -> None:
@@ -39,37 +44,32 @@ def main() -> None:
 
     x = torch.randn(args.elements, generator=torch.Generator().manual_seed(0)) * 3
     generator = torch.Generator().manual_seed(1)
-    torch_rt = median_ms(lambda: x.to(torch.float8_e4m3fn).float(), args.repeats)
-    clone = median_ms(lambda: x.clone(), args.repeats)
-    print(f"{args.elements:,} float32 elements, {torch.get_num_threads()} threads, median of {args.repeats}, {memory}")
-    print(f"torch e4m3fn round trip: {torch_rt:.1f} ms   clone: {clone:.1f} ms")
-    print(f"{'':<7}{'RNE ms':>8}{'/torch':>8}{'/clone':>8}{'SR ms':>8}{'/torch':>8}{'+telem RNE':>12}{'+telem SR':>11}")
+    print(f"{args.elements:,} float32 elements, {torch.get_num_threads()} threads, median of {args.repeats} rounds, "
+          f"{memory}")
+    print("each format's row is timed round-robin with torch's e4m3fn round trip and clone() (ms in the last columns)")
+    print(f"{'':<7}{'RNE ms':>8}{'/torch':>8}{'/clone':>8}{'SR ms':>8}{'/torch':>8}{'+telem RNE':>12}{'+telem SR':>11}"
+          f"{'torch ms':>10}{'clone ms':>10}")
     modes = {"eager": lambda fn: fn}
     if not args.eager_only:
-        modes["torch.compile"] = compile_fresh
+        modes["torch.compile"] = torch.compile
     for mode, wrap in modes.items():
         print(mode)
         for name in FORMAT_NAMES:
+            torch._dynamo.reset()  # formats never share (or exhaust) recompiles
             stats = QuantStats()
-            rne, sr, rne_t, sr_t = (
-                median_ms(lambda f=wrap(fn): f(x), args.repeats)
-                for fn in (
-                    lambda v: quantize(v, name),
-                    lambda v: quantize(v, name, "stochastic", generator=generator),
-                    lambda v: quantize(v, name, stats=stats),
-                    lambda v: quantize(v, name, "stochastic", generator=generator, stats=stats),
-                )
-            )
+            variants = {
+                "rne": lambda v: quantize(v, name),
+                "sr": lambda v: quantize(v, name, "stochastic", generator=generator),
+                "rne_t": lambda v: quantize(v, name, stats=stats),
+                "sr_t": lambda v: quantize(v, name, "stochastic", generator=generator, stats=stats),
+            }
+            ms = round_robin_ms({"torch": lambda: x.to(torch.float8_e4m3fn).float(), "clone": lambda: x.clone()}
+                                | {key: lambda f=wrap(fn): f(x) for key, fn in variants.items()}, args.repeats)
             print(
-                f"{name:<7}{rne:>8.1f}{rne / torch_rt:>8.2f}{rne / clone:>8.2f}{sr:>8.1f}{sr / torch_rt:>8.2f}"
-                f"{rne_t / rne - 1:>11.0%}{sr_t / sr - 1:>11.0%}"
+                f"{name:<7}{ms['rne']:>8.1f}{ms['rne'] / ms['torch']:>8.2f}{ms['rne'] / ms['clone']:>8.2f}"
+                f"{ms['sr']:>8.1f}{ms['sr'] / ms['torch']:>8.2f}{ms['rne_t'] / ms['rne'] - 1:>11.0%}"
+                f"{ms['sr_t'] / ms['sr'] - 1:>11.0%}{ms['torch']:>10.1f}{ms['clone']:>10.1f}"
             )
-
-
-def compile_fresh(fn):
-    """torch.compile fn with an empty cache, so formats never share (or exhaust) recompiles."""
-    torch._dynamo.reset()
-    return torch.compile(fn)
 
 
 if __name__ == "__main__":
