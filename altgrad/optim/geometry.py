@@ -22,6 +22,7 @@ one with a stale copy on resume).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -164,7 +165,10 @@ def project_weight(p: torch.Tensor, scale: torch.Tensor | None, fmt: FloatFormat
     p.copy_(q if scale is None else q.div_(scale))
 
 
-_compiled_project_weight = torch.compile(project_weight, dynamic=True)
+@functools.cache
+def _compiled_project_weight():
+    """project_weight under torch.compile, made on first use (not at import: that costs ~0.6 s)."""
+    return torch.compile(project_weight, dynamic=True)
 
 
 @torch.no_grad()
@@ -186,11 +190,11 @@ def project_to_grid(param_groups, rounding: str = "nearest", generator: torch.Ge
             continue
         scale = group_scale(group)
         for p in group["params"]:
-            if not compile:
+            if compile:
+                source = draw_key(generator, p.device) if rounding == "stochastic" else None
+                _compiled_project_weight()(p, scale, fmt, rounding, source)
+            else:
                 project_weight(p, scale, fmt, rounding, generator)
-                continue
-            source = draw_key(generator, p.device) if rounding == "stochastic" else None
-            _compiled_project_weight(p, scale, fmt, rounding, source)
 
 
 # --- optimizer plumbing shared by every optimizer here --------------------------------------
