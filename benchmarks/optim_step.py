@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--n-layer", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    memory = "freed blocks <= 32 MB reused" if keep_freed_memory() else "allocator left as is (timings include page faults)"
+    memory = keep_freed_memory()
 
     def with_projection(groups, compile=False):
         optimizer = torch.optim.AdamW(groups, lr=1e-3)

@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--eager-only", action="store_true", help="skip the torch.compile table")
     args = parser.parse_args()
-    memory = "freed blocks <= 32 MB reused" if keep_freed_memory() else "allocator left as is (timings include page faults)"
+    memory = keep_freed_memory()
 
     x = torch.randn(args.elements, generator=torch.Generator().manual_seed(0)) * 3
     generator = torch.Generator().manual_seed(1)

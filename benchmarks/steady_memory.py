@@ -15,14 +15,16 @@ import sys
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
-def keep_freed_memory() -> bool:
-    """Set glibc's malloc to reuse freed memory; False where that is not glibc (timings then
-    include page faults)."""
+def keep_freed_memory() -> str:
+    """Set glibc's malloc to reuse freed memory; returns what it did, for the table's header
+    (where that is not glibc, timings include page faults)."""
+    left = "allocator left as is (timings include page faults)"
     if not sys.platform.startswith("linux"):
-        return False
+        return left
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
-        return False
-    return all(mallopt(option, value) == 1 for option, value in (
+        return left
+    done = all(mallopt(option, value) == 1 for option, value in (
         (_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 2**31 - 1)))
+    return "freed blocks <= 32 MB reused" if done else left

@@ -140,17 +140,20 @@ class QuantStats:
         def count(op, tensor, threshold, magnitude=False):
             if compiling:  # int32 sums: the compiler keeps 16 lanes per vector, not 8
                 return op(tensor.abs() if magnitude else tensor, threshold).sum(dtype=torch.int32)
-            if op is torch.ne and threshold == 0.0 and not magnitude:
-                return torch.count_nonzero(tensor)  # one pass, not two; -0.0 counts as zero
             if magnitude:
                 op(torch.abs(tensor, out=scratch), threshold, out=scratch)
             else:
                 op(tensor, threshold, out=scratch)
             return torch.count_nonzero(bits)
 
+        def nonzero(tensor):  # NaN included, -0.0 is zero
+            # eager, count_nonzero on the floats is one pass where compare + count is two;
+            # compiled, its int64 sum would halve the vector lanes
+            return count(torch.ne, tensor, 0.0) if compiling else torch.count_nonzero(tensor)
+
         n = x.numel()
-        nonzero_in = count(torch.ne, x, 0.0)  # NaN included
-        nonzero_out = count(torch.ne, result, 0.0)  # NaN included: cancels in underflow
+        nonzero_in = nonzero(x)
+        nonzero_out = nonzero(result)  # NaN cancels in underflow
         zero_or_subnormal = count(torch.lt, result, fmt.min_normal, magnitude=True)
         beyond_max = count(torch.gt, x, fmt.max_value, magnitude=fmt.signed)  # inf included
         finite = count(torch.le, x, torch.finfo(torch.float32).max, magnitude=True)
@@ -204,8 +207,8 @@ def quantize(
         result.masked_fill_(x < 0, 0.0 if saturate else math.nan)
     if stats is not None:
         stats._count(x, result, fmt, saturate, torch.empty_like(x) if scratch is None else scratch)
-    if stats is not None and stats.histogram is not None:
-        stats.histogram.add_(torch.bincount(_encode_grid_values(result, fmt).flatten().long(), minlength=256))
+        if stats.histogram is not None:
+            stats.histogram.add_(torch.bincount(_encode_grid_values(result, fmt).flatten().long(), minlength=256))
     return result
 
 
