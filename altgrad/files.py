@@ -56,6 +56,16 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
             os.unlink(tmp)
 
 
+def cache_dir() -> Path:
+    """altgrad's cache (downloads, built kernels): ``$ALTGRAD_CACHE``, else ``$XDG_CACHE_HOME/altgrad``,
+    else ``~/.cache/altgrad``. Never inside the repository."""
+    env = os.environ.get("ALTGRAD_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "altgrad"
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -6,8 +6,8 @@ alone, with UpdateDiagnostics around every step as constructed by default (large
 watched through a 16384-entry sample), and with exact diagnostics (sample=None). Each
 optimizer has its own copy of the tensors; after a warm-up step they are timed round-robin,
 one step each per round (machine speed drifts alike for all), median of N rounds. Compiled
-rows (GridOptim's fused move, the grid projection, torch's AdamW under torch.compile)
-compile in the warm-up.
+rows (the grid projection, torch's AdamW under torch.compile) compile in the warm-up;
+GridOptim with compile=True runs its fused C move on CPU (grid_move_cpu.py).
 
     python benchmarks/optim_step.py [--n-embd 512] [--n-layer 3] [--repeats 7]
 """

@@ -25,7 +25,10 @@ from altgrad.optim import (
     project_to_grid,
     stiffness,
 )
+from altgrad.optim import grid_move_cpu
+from altgrad.optim.grid_optim import move_on_grid
 from altgrad.quantization import FORMAT_NAMES, FloatFormat, encode, get_format, quantize
+from altgrad.quantization.random_bits import draw_key
 from altgrad.training.config import RunConfig
 
 EIGHT_BIT = [n for n in FORMAT_NAMES if get_format(n).bits <= 8]
@@ -331,13 +334,15 @@ def test_grid_optim_stochastic_rungs_are_unbiased(rungs, compile):
     assert optimizer.state[w]["attempted"] == n
 
 
-@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
-def test_grid_optim_counts_each_weight_of_any_size(compile):
+@pytest.mark.parametrize("compile, strided", [(False, False), (True, False), (True, True)],
+                         ids=["eager", "fused", "torch.compile"])
+def test_grid_optim_counts_each_weight_of_any_size(compile, strided):
     """Whole-rung targets move deterministically, so the counts are known: 2 rungs up for the
-    first k entries, none for the rest. Sizes shrink, then grow (compiled: the flag buffer
-    shared by all weights is sliced, then reallocated)."""
+    first k entries, none for the rest. Sizes shrink, then grow. Strided weights do not fit the
+    C move, so compiled they take torch.compile's, GridOptim's path on GPUs: its flag buffer
+    shared by all weights is sliced, then reallocated."""
     fmt = get_format("e4m3")  # at 1.0 the step is 1/8
-    weights = [param(torch.ones(n)) for n in (300, 7, 1000)]
+    weights = [torch.nn.Parameter(torch.ones(n, 2)[:, 0] if strided else torch.ones(n)) for n in (300, 7, 1000)]
     optimizer = GridOptim([{"params": weights, "fmt": fmt}], lr=1.0, momentum=0.0, compile=compile)
     for w, k in zip(weights, (120, 3, 999)):
         w.grad = torch.cat([torch.full((k,), -0.25), torch.zeros(w.numel() - k)])
@@ -367,6 +372,61 @@ def test_grid_optim_rung_clip_at_the_grid_edges_stays_finite(name, compile):
     w.grad = torch.tensor([-math.inf, math.inf])
     unclipped.step()
     assert w.tolist() == [top, -top]
+
+
+MOVE_FORMATS = [get_format(n) for n in ("e4m3", "e5m2", "e0m7", "e7m0", "bf16")] + [FloatFormat(3, 4, signed=False)]
+
+
+def move_inputs(fmt, scale_kind, seed=0):
+    """Weights over the whole range plus its edges (±0, ±max, beyond max, tiny), gradients with
+    NaN and ±inf, random momentum; a scale that is absent, one non-power-of-two value, or one
+    power of two per entry. An odd size, so that the threads' ranges end mid-vector."""
+    g, n = torch.Generator().manual_seed(seed), 20011
+    scale = {"none": None, "tensor": torch.tensor(3.0),
+             "per-entry": torch.exp2(torch.randint(-3, 4, (n,), generator=g).float())}[scale_kind]
+    grid_units = torch.randn(n, generator=g) * min(fmt.max_value, 1e30) / 4
+    grid_units[:8] = torch.tensor([0.0, -0.0, fmt.max_value, -fmt.max_value, 2 * fmt.max_value, 1e-30, -1e-30, 0.7])
+    p = grid_units if scale is None else grid_units / scale
+    grad = torch.randn(n, generator=g) * p.abs().mean()
+    grad[8:11] = torch.tensor([math.nan, math.inf, -math.inf])
+    return p, torch.randn(n, generator=g), grad, scale
+
+
+@pytest.mark.parametrize("fmt", MOVE_FORMATS, ids=str)
+@pytest.mark.parametrize("scale_kind", ["none", "tensor", "per-entry"])
+def test_fused_cpu_move_is_move_on_grid_bit_for_bit(fmt, scale_kind):
+    """grid_move.c (GridOptim(compile=True) on CPU) against move_on_grid fed the same hash keys:
+    weights, momentum and counts identical bit for bit, clipped and unclipped. For two cases also
+    against move_on_grid under torch.compile (GridOptim's path on GPUs)."""
+    p, buf, grad, scale = move_inputs(fmt, scale_kind)
+    movers = [move_on_grid, grid_move_cpu.move_on_grid_cpu]
+    if (str(fmt), scale_kind) in (("e4m3", "per-entry"), ("e7m0", "none")):
+        compiled = torch.compile(move_on_grid, dynamic=True)
+        movers.append(lambda *args: compiled(*args, torch.empty_like(p)))
+    for clip in (2.0, math.inf):
+        hyper, keys = torch.tensor([0.3, 0.9, 0.01, clip]), draw_key(torch.Generator().manual_seed(1), "cpu")
+        results = []
+        for move in movers:
+            moved_p, moved_buf = p.clone(), buf.clone()
+            counts = move(moved_p, moved_buf, grad, scale, hyper, keys, fmt)
+            results.append((moved_p.view(torch.int32), moved_buf.view(torch.int32), [int(c) for c in counts]))
+        reference = results[0]
+        assert 0 < reference[2][1] <= reference[2][0] <= p.numel()  # weights move
+        for result in results[1:]:
+            assert torch.equal(result[0], reference[0]) and torch.equal(result[1], reference[1])
+            assert result[2] == reference[2]
+
+
+@pytest.mark.parametrize("compiler, problem", [("no-such-cc", "C compiler 'no-such-cc' not found"),
+                                               ("false", r"building grid_move.c with 'false' failed \(exit 1\)")])
+def test_fused_cpu_move_without_a_working_compiler_fails_at_construction_naming_the_fix(monkeypatch, compiler, problem):
+    monkeypatch.setenv("CC", compiler)
+    grid_move_cpu.library.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match=f"(?s){problem}.*install a C compiler.*train.compile: false"):
+            GridOptim([{"params": [param(torch.ones(4))], "fmt": get_format("e4m3")}], lr=1.0, compile=True)
+    finally:
+        grid_move_cpu.library.cache_clear()  # the next test builds with the restored CC
 
 
 def make_grid_run(start, seed, compile=False):

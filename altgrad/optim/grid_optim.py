@@ -7,6 +7,7 @@ import torch
 from altgrad.quantization import FloatFormat
 from altgrad.quantization.random_bits import draw_key, uniform
 
+from . import grid_move_cpu
 from .geometry import (
     GeometryOptimizer,
     checkpoint_generator,
@@ -48,9 +49,12 @@ class GridOptim(GeometryOptimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, rung_clip=rung_clip, weight_decay=weight_decay))
         self.generator = torch.Generator(first_device(self.param_groups)).manual_seed(seed)
         checkpoint_generator(self, "grid_optim_rng", self.generator)
-        # compile=True: the move is one fused kernel per parameter (torch.compile, shapes
-        # dynamic), fed keys drawn from the generator (random_bits.py); eager draws differ.
+        # compile=True: the move is one fused kernel per parameter, fed keys drawn from the
+        # generator (random_bits.py; eager draws differ): on CPU grid_move.c (grid_move_cpu.py
+        # says why), elsewhere torch.compile with shapes dynamic.
         self.compile = compile
+        if compile and first_device(self.param_groups).type == "cpu":
+            grid_move_cpu.library()  # built (or found) now: a missing compiler fails before training
         self._move = torch.compile(move_on_grid, dynamic=True) if compile else move_on_grid
         self._flags = torch.empty(0)  # compiled moves' per-weight flags, shared by all weights
 
@@ -67,6 +71,10 @@ class GridOptim(GeometryOptimizer):
         source, flags = self.generator, None
         if self.compile:
             source = draw_key(self.generator, p.device)
+            if grid_move_cpu.fits(p, state["momentum_buffer"], p.grad, scale):
+                state["attempted"], state["flips"] = grid_move_cpu.move_on_grid_cpu(
+                    p, state["momentum_buffer"], p.grad, scale, hyper, source, fmt)
+                return
             if self._flags.numel() < p.numel() or self._flags.device != p.device:
                 self._flags = torch.empty(p.numel(), device=p.device)
             flags = self._flags[: p.numel()].view(p.shape)

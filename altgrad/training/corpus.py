@@ -42,7 +42,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from altgrad.errors import AltgradError
-from altgrad.files import sha256_file
+from altgrad.files import cache_dir, sha256_file
 
 DEFAULT_SOURCE = "eurlex-sample"
 
@@ -138,16 +138,6 @@ def iter_documents(cfg: str | Mapping[str, Any] | None) -> Iterator[str]:
 # ---------------------------------------------------------------------------------------
 # eurlex-sample
 # ---------------------------------------------------------------------------------------
-def cache_dir() -> Path:
-    """altgrad's download cache: ``$ALTGRAD_CACHE``, else ``$XDG_CACHE_HOME/altgrad``,
-    else ``~/.cache/altgrad``. Never inside the repository."""
-    env = os.environ.get("ALTGRAD_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "altgrad"
-
-
 def _eurlex_wheel_path() -> Path:
     return cache_dir() / "wheels" / EURLEX_WHEEL_FILENAME
 
