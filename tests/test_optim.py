@@ -261,6 +261,24 @@ def test_update_diagnostics_totals_correlation_sign_and_nonfinite():
     assert math.isnan(m["update.b.stall_ratio"])  # nothing attempted
 
 
+def test_update_diagnostics_take_a_scale_per_entry():
+    """Block scaling gives one scale per entry. A layer whose per-entry scales all equal 64 has
+    the statistics of the same layer with the scalar scale 64 (the two are stacked together),
+    and layers of different sizes sit side by side."""
+    fmt, g = get_format("e4m3"), torch.Generator().manual_seed(0)
+    start, grads = torch.randn(256, generator=g) * 0.05, torch.randn(256, generator=g)
+    after = (start - 0.002 * grads).tolist()
+    a, b, c = param(start), param(start), param(start[:100])
+    diag = UpdateDiagnostics({"a": (a, fmt, lambda: torch.tensor(64.0)), "b": (b, fmt, lambda: torch.full((256,), 64.0)),
+                              "c": (c, fmt, lambda: torch.tensor(64.0))})
+    m = toy_step(diag, {}, {"a": grads.tolist(), "b": grads.tolist(), "c": grads[:100].tolist()},
+                 {"a": after, "b": after, "c": after[:100]})
+    keys = ("flips", "attempted", "stall_ratio", "grid_distance", "bitpos_mean", "bitpos_std", "grad_stiffness_corr")
+    assert all(m[f"update.a.{key}"] == m[f"update.b.{key}"] for key in keys)
+    assert 0 < m["update.a.flips"] < 256 and m["update.c.attempted"] == 100
+    assert m["update.flips"] == 2 * m["update.a.flips"] + m["update.c.flips"]
+
+
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 def test_grid_master_weights_have_zero_grid_distance(compile):
     fmt = get_format("e4m3")

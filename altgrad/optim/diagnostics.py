@@ -25,8 +25,9 @@ Per layer only:
                     (NaN when either is constant, e.g. always on E0M7)
     grad_nonfinite  1 if the gradient holds inf/NaN, else 0
 
-Every call is whole-tensor ops per layer and one host sync at the end; large layers are
-watched through a fixed sample (see UpdateDiagnostics) so that this costs little per step.
+Every call is whole-tensor ops on the layers stacked by format (one op per statistic for
+all of them) and one host sync at the end; large layers are watched through a fixed sample
+(see UpdateDiagnostics) so that this costs little per step.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class UpdateDiagnostics:
                  critical: tuple[str, ...] = CRITICAL_LAYERS, min_stable_rank: float = 2.0, seed: int = 0):
         if sample is not None and sample < SAMPLE_BLOCK:
             raise ValueError(f"sample must be None or at least {SAMPLE_BLOCK}, got {sample}")
-        self.geometry = dict(named_geometry)
+        self.geometry, self.sample = dict(named_geometry), sample
         self.critical, self.min_stable_rank = critical, min_stable_rank
         # A fixed sample of whole blocks of SAMPLE_BLOCK consecutive entries: copying blocks is a
         # few memcpys, where gathering scattered entries would cost a cache miss each.
@@ -81,7 +82,7 @@ class UpdateDiagnostics:
             for name, (p, fmt, _) in self.geometry.items()
             if fmt is not None and sample is not None and p.numel() > sample
         }
-        self._before: dict[str, tuple] = {}
+        self._before: list[tuple] = []
 
     def _watched(self, name: str) -> int:
         blocks = self.sample_blocks.get(name)
@@ -96,40 +97,67 @@ class UpdateDiagnostics:
         whole = flat[: flat.numel() // SAMPLE_BLOCK * SAMPLE_BLOCK].view(-1, SAMPLE_BLOCK)
         return whole.index_select(0, blocks).flatten()
 
+    def _batches(self) -> dict[tuple, list[str]]:
+        """Gridded layers that have a gradient, grouped by format and watched entry count: a
+        group's statistics are row-wise ops on one [layers, entries] stack, so a step costs a
+        few dozen ops per group (the ops' fixed cost dominated when each layer had its own).
+        Watched whole (sample=None), each layer is its own group: stacking them would copy them."""
+        batches: dict[tuple, list[str]] = {}
+        for name, (p, fmt, _) in self.geometry.items():
+            if fmt is not None and p.grad is not None:
+                batches.setdefault((fmt, name if self.sample is None else self._watched(name)), []).append(name)
+        return batches
+
+    def _stack(self, names: list[str], tensors) -> torch.Tensor:
+        """[layers, entries] of the watched entries; may be a view of a single layer's tensor."""
+        rows = [self._entries(name, t) for name, t in zip(names, tensors)]
+        return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
+
+    def _grid_units(self, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(watched weights, their scales) of a batch: [layers, entries] and [layers, 1 or entries]."""
+        params = [self.geometry[name][0] for name in names]
+        scales = [current_scale(self.geometry[name][2]) for name in names]
+        scales = [torch.ones((), device=p.device) if s is None else s.float() for p, s in zip(params, scales)]
+        if all(s.numel() == 1 for s in scales):
+            scale = torch.stack([s.reshape(()) for s in scales]).view(-1, 1)
+        else:  # block scaling: one scale per entry
+            scale = self._stack(names, [s.reshape(1).expand(p.numel()) if s.numel() == 1 else s
+                                        for p, s in zip(params, scales)])
+        return self._stack(names, params), scale
+
     @torch.no_grad()
     def before_step(self) -> None:
         """Snapshot every gridded layer that has a gradient: codes, |g|, |g|-S sums."""
-        self._before = {}
-        for name, (p, fmt, scale_fn) in self.geometry.items():
-            if fmt is None or p.grad is None:
-                continue
-            scale, w = current_scale(scale_fn), self._entries(name, p)
-            index = grid_position(to_grid_units(w, scale), fmt).round_()
-            g, s = self._entries(name, p.grad).abs(), stiffness(w, fmt, scale)
-            attempted = count_nonzero(g)
-            corr_sums = torch.stack([g.sum(), s.sum(), g.dot(g), s.dot(s), g.dot(s)])
-            self._before[name] = (index, g, attempted, corr_sums)
+        self._before = []
+        for (fmt, _), names in self._batches().items():
+            w, scale = self._grid_units(names)
+            index = grid_position(w * scale, fmt).round_()
+            g = self._stack(names, [self.geometry[name][0].grad for name in names]).abs()
+            attempted = count_nonzero(g, dim=1)
+            g_and_s = torch.stack([g, stiffness(w, fmt, scale)], dim=1)  # [layers, 2, entries]
+            products = g_and_s @ g_and_s.transpose(1, 2)  # g.g, g.s, s.s
+            corr_sums = torch.cat([g_and_s.sum(2), products[:, 0, 0:1], products[:, 1, 1:2], products[:, 0, 1:2]], 1)
+            self._before.append((names, fmt, index, g, attempted, corr_sums))
 
     @torch.no_grad()
     def after_step(self) -> dict[str, float]:
         """Compare with the snapshot; returns the metrics dict (one host sync)."""
-        rows = []
-        for name, (before, g, attempted, corr_sums) in self._before.items():
-            p, fmt, scale_fn = self.geometry[name]
-            position = grid_position(to_grid_units(self._entries(name, p), current_scale(scale_fn)), fmt)
+        rows, names = [], []
+        for batch, fmt, before, g, attempted, corr_sums in self._before:
+            w, scale = self._grid_units(batch)
+            position = grid_position(w * scale, fmt)
             index = position.round()
-            distance = position.sub_(index).abs_().sum()
+            distance = position.sub_(index).abs_().sum(1)
             moved = before.sub_(index).abs_()  # |index change|: integral, >= 0
-            flips = count_nonzero(moved)
-            at_least = [torch.ge(moved, k, out=position).sum() for k in (2, 4, 8)]
-            attempted_and_moved = count_nonzero(moved.mul_(g))
+            flips = count_nonzero(moved, dim=1)
+            at_least = [torch.ge(moved, k, out=position).sum(1) for k in (2, 4, 8)]
+            attempted_and_moved = count_nonzero(moved.mul_(g), dim=1)
             bitpos = index.abs_()
-            rows.append(torch.stack([
-                flips, *at_least, attempted, attempted_and_moved,
-                bitpos.sum(), bitpos.dot(bitpos), distance, *corr_sums,
-            ]).double())
-        names, self._before = list(self._before), {}
-        values = torch.stack(rows).tolist() if rows else []
+            columns = [flips, *at_least, attempted, attempted_and_moved, bitpos.sum(1), (bitpos * bitpos).sum(1), distance]
+            rows.append(torch.cat([torch.stack([c.double() for c in columns], 1), corr_sums.double()], 1))
+            names += batch
+        self._before = []
+        values = torch.cat(rows).tolist() if rows else []
         return self._summarise(names, values)
 
     def _summarise(self, names: list[str], values: list[list[float]]) -> dict[str, float]:
