@@ -133,10 +133,9 @@ class UpdateDiagnostics:
             w, scale = self._grid_units(names)
             index = grid_position(w * scale, fmt).round_()
             g = self._stack(names, [self.geometry[name][0].grad for name in names]).abs()
-            attempted = count_nonzero(g, dim=1)
-            g_and_s = torch.stack([g, stiffness(w, fmt, scale)], dim=1)  # [layers, 2, entries]
-            products = g_and_s @ g_and_s.transpose(1, 2)  # g.g, g.s, s.s
-            corr_sums = torch.cat([g_and_s.sum(2), products[:, 0, 0:1], products[:, 1, 1:2], products[:, 0, 1:2]], 1)
+            attempted = _row_count(g)
+            s = stiffness(w, fmt, scale)
+            corr_sums = torch.stack([g.sum(1), s.sum(1), _row_dot(g, g), _row_dot(s, s), _row_dot(g, s)], 1)
             self._before.append((names, fmt, index, g, attempted, corr_sums))
 
     @torch.no_grad()
@@ -149,11 +148,11 @@ class UpdateDiagnostics:
             index = position.round()
             distance = position.sub_(index).abs_().sum(1)
             moved = before.sub_(index).abs_()  # |index change|: integral, >= 0
-            flips = count_nonzero(moved, dim=1)
+            flips = _row_count(moved)
             at_least = [torch.ge(moved, k, out=position).sum(1) for k in (2, 4, 8)]
-            attempted_and_moved = count_nonzero(moved.mul_(g), dim=1)
+            attempted_and_moved = _row_count(moved.mul_(g))
             bitpos = index.abs_()
-            columns = [flips, *at_least, attempted, attempted_and_moved, bitpos.sum(1), (bitpos * bitpos).sum(1), distance]
+            columns = [flips, *at_least, attempted, attempted_and_moved, bitpos.sum(1), _row_dot(bitpos, bitpos), distance]
             rows.append(torch.cat([torch.stack([c.double() for c in columns], 1), corr_sums.double()], 1))
             names += batch
         self._before = []
@@ -202,6 +201,20 @@ class UpdateDiagnostics:
             if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.critical) and stable < self.min_stable_rank:
                 warnings.append(f"{name}: stable rank {stable:.3g} is below {self.min_stable_rank:g}")
         return out, warnings
+
+
+# Per-row reductions of a stack. A single row (a layer watched whole) takes the whole-tensor
+# op, which makes no [rows, entries] temporary: exact mode's stacks are whole layers.
+
+
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Each row's dot product (a batched matmul took 1.2 ms on 12 x 16384 here, mul + sum 22 us)."""
+    return torch.dot(a[0], b[0]).view(1) if len(a) == 1 else torch.linalg.vecdot(a, b, dim=1)
+
+
+def _row_count(x: torch.Tensor) -> torch.Tensor:
+    """Each row's non-zero entries, as count_nonzero counts them."""
+    return count_nonzero(x).view(1) if len(x) == 1 else count_nonzero(x, dim=1)
 
 
 def _update_metrics(key, flips, ge2, ge4, ge8, attempted, attempted_and_moved, distance, n) -> dict[str, float]:
