@@ -70,6 +70,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def to_host(rows) -> list[list[float]]:
+    """Rows of device scalars as Python numbers in one host sync (a sync per scalar stalls a
+    GPU's queue each time). float32 scalars arrive as .item() would give them; counts exactly."""
+    rows = [torch.stack([v.double() for v in row]) for row in rows]
+    return torch.stack(rows).tolist() if rows else []
+
+
 def lr_at(step: int, cfg) -> float:
     """Linear warm-up, then cosine decay to min_lr at max_steps (or constant)."""
     if step < cfg.warmup_steps:
@@ -260,7 +267,7 @@ class Trainer:
 
     def _grad_stats(self, row: dict) -> None:
         """Per-layer gradient L2 / L-inf / SNR / dead fraction (zero for N steps in a row)."""
-        n_dead, n_all = 0, 0
+        layers = {}
         for name, p in self.matrices.items():
             g = p.grad
             if g is None:
@@ -268,13 +275,15 @@ class Trainer:
             g = g.float()
             zero = g.abs() < DEAD_GRAD
             self.dead_steps[name] = torch.where(zero, self.dead_steps[name] + 1, torch.zeros_like(self.dead_steps[name]))
-            dead = int((self.dead_steps[name] >= self.cfg.train.dead_grad_steps).sum())
-            std = g.std().item()
-            row[f"grad.{name}.l2"] = g.norm().item()
-            row[f"grad.{name}.linf"] = g.abs().max().item()
-            row[f"grad.{name}.snr"] = abs(g.mean().item()) / std if std > 0 else 0.0
-            row[f"grad.{name}.dead_frac"] = dead / g.numel()
-            n_dead, n_all = n_dead + dead, n_all + g.numel()
+            dead = (self.dead_steps[name] >= self.cfg.train.dead_grad_steps).sum()
+            layers[name] = [dead, g.std(), g.norm(), g.abs().max(), g.mean()]
+        n_dead, n_all = 0, 0
+        for name, (dead, std, l2, linf, mean) in zip(layers, to_host(layers.values())):
+            numel = self.matrices[name].numel()
+            row[f"grad.{name}.l2"], row[f"grad.{name}.linf"] = l2, linf
+            row[f"grad.{name}.snr"] = abs(mean) / std if std > 0 else 0.0
+            row[f"grad.{name}.dead_frac"] = dead / numel
+            n_dead, n_all = n_dead + dead, n_all + numel
         row["grad.dead_frac"] = n_dead / max(n_all, 1)
 
     def _shadow_cosine(self, batches, row: dict) -> None:
@@ -327,7 +336,8 @@ class Trainer:
         batches = self._micro_batches()
         loss = self._loss_and_grads(self.forward, batches)
         row: dict[str, Any] = {"step": self.step, "tokens": (self.step + 1) * self.tokens_per_step, "lr": lr, "loss": loss}
-        grads_finite = all(torch.isfinite(p.grad).all() for p in self.model.parameters() if p.grad is not None)
+        finite = [torch.isfinite(p.grad).all() for p in self.model.parameters() if p.grad is not None]
+        grads_finite = bool(torch.stack(finite).all()) if finite else True  # one host sync
         row["nan_source"] = "" if math.isfinite(loss) and grads_finite else ("loss" if not math.isfinite(loss) else "gradients")
         row.update(collect_telemetry(self.model, reset=True))
         if row["nan_source"]:
@@ -378,13 +388,14 @@ class Trainer:
 
     def _zero_update(self, before: dict, row: dict) -> None:
         """Fraction of weights with a non-zero gradient that did not change (bit-stall)."""
-        stuck_all = moved_all = 0
+        layers = {}
         for name, p in self.matrices.items():
             if p.grad is None:
                 continue
             wanted = p.grad.abs() >= DEAD_GRAD
-            stuck = int(((p.detach() == before[name]) & wanted).sum())
-            attempted = int(wanted.sum())
+            layers[name] = [((p.detach() == before[name]) & wanted).sum(), wanted.sum()]
+        stuck_all = moved_all = 0
+        for name, (stuck, attempted) in zip(layers, to_host(layers.values())):
             row[f"zero_update.{name}"] = stuck / attempted if attempted else 0.0
             stuck_all, moved_all = stuck_all + stuck, moved_all + attempted
         row["zero_update_frac"] = stuck_all / moved_all if moved_all else 0.0
