@@ -293,14 +293,16 @@ class Trainer:
             for name, p in self.model.named_parameters():
                 shadow_params[name].copy_(p)
         self._loss_and_grads(self.shadow, batches)
-        dot = nq = ns = 0.0
+        layers = {}
         for name, p in self.model.named_parameters():
             gq, gs = p.grad, shadow_params[name].grad
             if gq is None or gs is None or p.ndim != 2 or "wpe" in name:
                 continue
             gq, gs = gq.float().flatten(), gs.float().flatten()
-            d, a, b = (gq @ gs).item(), (gq @ gq).item(), (gs @ gs).item()
-            row[f"cos.{_short(name)}"] = d / math.sqrt(a * b) if a > 0 and b > 0 else float("nan")
+            layers[_short(name)] = [gq @ gs, gq @ gq, gs @ gs]
+        dot = nq = ns = 0.0
+        for name, (d, a, b) in zip(layers, to_host(layers.values())):
+            row[f"cos.{name}"] = d / math.sqrt(a * b) if a > 0 and b > 0 else float("nan")
             dot, nq, ns = dot + d, nq + a, ns + b
         row["grad_cos"] = dot / math.sqrt(nq * ns) if nq > 0 and ns > 0 else float("nan")
 
