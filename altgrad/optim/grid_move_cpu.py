@@ -95,7 +95,7 @@ def fits(p: torch.Tensor, buf: torch.Tensor, grad: torch.Tensor, scale: torch.Te
     scale (or none) or one scale per entry."""
     tensors = [p, buf, grad] if scale is None else [p, buf, grad, scale]
     return (all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
-            and (scale is None or scale.numel() in (1, p.numel())))
+            and (scale is None or scale.numel() == 1 or scale.shape == p.shape))
 
 
 def move_on_grid_cpu(p: torch.Tensor, buf: torch.Tensor, grad: torch.Tensor, scale: torch.Tensor | None,
