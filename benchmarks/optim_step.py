@@ -79,20 +79,23 @@ def main() -> None:
     args = parser.parse_args()
     memory = keep_freed_memory()
 
+    def adamw(groups):
+        return torch.optim.AdamW(groups, lr=1e-3)
+
     def with_projection(optimizer, compile=False):
         GridProjection.attach(optimizer, "nearest", seed=0, compile=compile)
         return optimizer
 
     candidates = {
-        "torch AdamW": lambda groups: torch.optim.AdamW(groups, lr=1e-3),
-        "AdamW + grid master weights": lambda groups: with_projection(torch.optim.AdamW(groups, lr=1e-3)),
-        "  the same, compiled projection": lambda groups: with_projection(torch.optim.AdamW(groups, lr=1e-3), True),
+        "torch AdamW": adamw,
+        "AdamW + grid master weights": lambda groups: with_projection(adamw(groups)),
+        "  the same, compiled projection": lambda groups: with_projection(adamw(groups), True),
         "ManifoldAdamW": lambda groups: ManifoldAdamW(groups, lr=1.0),
         "  + grid master weights, compiled projection": lambda groups: with_projection(ManifoldAdamW(groups, lr=1.0), True),
         "GridOptim": lambda groups: GridOptim(groups, lr=1e-1, rung_clip=4.0),
         "GridOptim, compile=True": lambda groups: GridOptim(groups, lr=1e-1, rung_clip=4.0, compile=True),
-        "torch AdamW, compiled step": lambda groups: compiled_step(torch.optim.AdamW(groups, lr=1e-3)),
-        "  + grid master weights in the step": lambda groups: compiled_step(with_projection(torch.optim.AdamW(groups, lr=1e-3))),
+        "torch AdamW, compiled step": lambda groups: compiled_step(adamw(groups)),
+        "  + grid master weights in the step": lambda groups: compiled_step(with_projection(adamw(groups))),
     }
     n = sum(p.numel() for g in make_params(args.n_embd, args.n_layer)[0] for p in g["params"])
     print(f"{n / 1e6:.1f}M parameters, {torch.get_num_threads()} threads, median of {args.repeats} rounds, {memory}")

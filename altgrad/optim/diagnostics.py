@@ -131,7 +131,7 @@ class UpdateDiagnostics:
         self._before = []
         for (fmt, _), names in self._batches().items():
             w, scale = self._grid_units(names)
-            index = grid_position(w * scale, fmt).round_()
+            index = grid_position(to_grid_units(w, scale), fmt).round_()
             g = self._stack(names, [self.geometry[name][0].grad for name in names]).abs()
             attempted = _row_count(g)
             s = stiffness(w, fmt, scale)
@@ -144,7 +144,7 @@ class UpdateDiagnostics:
         rows, names = [], []
         for batch, fmt, before, g, attempted, corr_sums in self._before:
             w, scale = self._grid_units(batch)
-            position = grid_position(w * scale, fmt)
+            position = grid_position(to_grid_units(w, scale), fmt)
             index = position.round()
             distance = position.sub_(index).abs_().sum(1)
             moved = before.sub_(index).abs_()  # |index change|: integral, >= 0

@@ -26,6 +26,7 @@ import torch
 
 from altgrad.files import atomic_write, cache_dir
 from altgrad.quantization import FloatFormat
+from altgrad.quantization.formats import per_format_constants
 
 from .geometry import _layout, index_range
 
@@ -42,7 +43,7 @@ class _Layout(ctypes.Structure):
     ] + [("min_normal_bits", ctypes.c_int32), ("is_signed", ctypes.c_int)]
 
 
-@functools.cache
+@per_format_constants
 def _c_layout(fmt: FloatFormat) -> _Layout:
     layout, (bottom, top) = _layout(fmt), index_range(fmt)
     return _Layout(layout.min_normal, layout.inv_min_normal, layout.min_normal * layout.ulp_of_binade,
