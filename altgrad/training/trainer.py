@@ -255,11 +255,11 @@ class Trainer:
     def _micro_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [self.sampler.next_batch() for _ in range(self.cfg.train.grad_accum)]
 
-    def _loss_and_grads(self, model, batches) -> float:
+    def _loss_and_grads(self, model, batches, autocast: bool) -> float:
         model.zero_grad(set_to_none=True)
         total = 0.0
         for x, y in batches:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
                 _, loss = model(x, y)
             (loss / len(batches)).backward()
             total += loss.item() / len(batches)
@@ -292,7 +292,7 @@ class Trainer:
         with torch.no_grad():
             for name, p in self.model.named_parameters():
                 shadow_params[name].copy_(p)
-        self._loss_and_grads(self.shadow, batches)
+        self._loss_and_grads(self.shadow, batches, autocast=False)  # the reference is float32, always
         layers = {}
         for name, p in self.model.named_parameters():
             gq, gs = p.grad, shadow_params[name].grad
@@ -336,7 +336,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         batches = self._micro_batches()
-        loss = self._loss_and_grads(self.forward, batches)
+        loss = self._loss_and_grads(self.forward, batches, autocast=self.autocast)
         row: dict[str, Any] = {"step": self.step, "tokens": (self.step + 1) * self.tokens_per_step, "lr": lr, "loss": loss}
         finite = [torch.isfinite(p.grad).all() for p in self.model.parameters() if p.grad is not None]
         grads_finite = bool(torch.stack(finite).all()) if finite else True  # one host sync
