@@ -224,3 +224,22 @@ def test_every_metric_reaches_the_wandb_mirror(corpus, tmp_path, monkeypatch):
         assert set(expected) <= set(logged), set(expected) - set(logged)
         assert all(logged[k] == pytest.approx(v) for k, v in expected.items())
 
+
+
+def test_the_shadow_gradient_is_float32_even_when_the_model_trains_under_autocast(corpus, tmp_path):
+    """The shadow is the float32 reference of the gradient-fidelity cosine: autocast must not
+    reach it, whatever the quantized model runs under."""
+    trainer = Trainer(tiny_config(corpus, **{"train.autocast": True}), tmp_path / "run")
+    trainer.autocast = True  # bf16 autocast, as on CUDA (CPU runs it too)
+    batches = trainer._micro_batches()
+    trainer._loss_and_grads(trainer.forward, batches, autocast=True)
+    trainer._shadow_cosine(batches, row := {})
+    reference = trainer.shadow.__class__(trainer.shadow.config)
+    reference.load_state_dict(trainer.shadow.state_dict())
+    reference.zero_grad(set_to_none=True)
+    for x, y in batches:
+        (reference(x, y)[1] / len(batches)).backward()
+    for (name, p), q in zip(trainer.shadow.named_parameters(), reference.parameters()):
+        assert p.grad.dtype == torch.float32
+        assert torch.equal(p.grad, q.grad), name
+    assert 0.5 < row["grad_cos"] < 1.0
