@@ -1,4 +1,4 @@
-"""Training step time on CPU: BF16 (no quantization) vs FP8 recipes, and the FP32 shadow's cost.
+"""Training step time on CPU: the BF16 baseline (operands rounded to bfloat16) vs FP8 recipes, and the FP32 shadow's cost.
 
 Each recipe quantizes weights, activations and gradients (delayed scaling, telemetry on,
 shadow off); medians over N steps after warm-up, as ratios to the BF16 step measured in

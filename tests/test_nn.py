@@ -51,8 +51,9 @@ def test_recipe_from_config_applies_a_rules_overrides():
     assert recipe.scaling == "current" and recipe.margin == 1 and recipe.grad_rounding == "stochastic"
     hybrid = PrecisionRecipe.from_config(cfg, Recipe(weight="e3m4"))
     assert (hybrid.weight, hybrid.activation, hybrid.gradient) == ("e3m4", "e4m3", "e5m2")
-    assert PrecisionRecipe.from_config(PrecisionConfig()).is_identity
-    assert PrecisionRecipe(weight=None, gradient="bf16").is_identity
+    baseline = PrecisionRecipe.from_config(PrecisionConfig())  # the config's default: bf16 operands
+    assert set(baseline.formats.values()) == {get_format("bf16")} and not baseline.is_identity
+    assert PrecisionRecipe().is_identity and PrecisionRecipe(weight=None, activation=None).is_identity
     assert not PrecisionRecipe(gradient="e5m2").is_identity
 
 
@@ -121,12 +122,12 @@ def test_identity_recipe_is_exactly_nn_linear():
 
     model = tiny_gpt()
     before = {n: type(m) for n, m in model.named_modules()}
-    report = quantize_model(model, PrecisionRecipe(weight="bf16", activation=None, gradient="bf16"))
+    report = quantize_model(model, PrecisionRecipe(weight=None, activation=None, gradient=None))
     assert {n: type(m) for n, m in model.named_modules()} == before
     assert report.quantized == [] and "identity recipe" in report["transformer.h.0.mlp.c_fc"].reason
 
 
-def test_passthrough_operands_stay_exact():
+def test_unquantized_operands_stay_exact():
     linear, x = linear_and_input()
     layer = QuantizedLinear.from_linear(linear, PrecisionRecipe(weight="e4m3"))
     w_ref = scaled_quantize(linear.weight.detach(), "e4m3", DelayedScaling("e4m3", pow2=True))

@@ -314,54 +314,113 @@ def test_ulp_is_the_local_grid_step():
     assert torch.equal(get_format("e0m7").ulp(torch.tensor([0.9, 0.01])), torch.full((2,), 1 / 128))
 
 
-@pytest.mark.parametrize("scaler", [
-    lambda: CurrentScaling("e4m3"),
-    lambda: DelayedScaling("e4m3"),
-    lambda: CurrentScaling("e4m3", pow2=True),
-])
-def test_scales_stay_finite_on_zero_inf_nan_and_tiny_tensors(scaler):
-    s = scaler()
-    for x in (torch.zeros(16), torch.tensor([1.0, math.inf]), torch.tensor([math.nan, 2.0]),
-              torch.full((4,), 1e-40), torch.tensor([3.0, -5.0])):
-        scale = s.scale(x)
-        assert torch.isfinite(scale).all() and (scale > 0).all()
-        y = scaled_quantize(torch.tensor([3.0, -5.0]), "e4m3", s)
-        assert torch.isfinite(y).all()
+def expected_scale(fmt, amax, margin=0, pow2=False):
+    """The scale the scaling module promises for a float32 `amax`, by exact arithmetic:
+    max / (amax * 2^margin) rounded once to float32 (a float64 quotient of float32 values
+    rounds to the same float32), clamped to [2^-126, 2^126]; pow2: the power of two at or below."""
+    quotient = min(max(fmt.max_value / (amax * 2.0**margin), 2.0**-126), 2.0**126)
+    scale = float(np.float32(quotient))
+    return 2.0 ** (math.frexp(scale)[1] - 1) if pow2 else scale
 
 
-def test_delayed_scaling_uses_history_and_round_trips_its_state():
+def with_amax(amax):
+    """A small tensor whose amax is `amax` (a float32 value), with a zero and a negative."""
+    return torch.tensor([amax / 2, -amax, 0.0])
+
+
+BELOW_EIGHT = float(np.nextafter(np.float32(8.0), np.float32(0)))  # float32 log2 rounds it to 3
+JUST_ABOVE_3_5 = float(np.nextafter(np.float32(3.5), np.float32(4)))  # 448 / it is just below 128
+# amaxes from tiny (far below e4m3's smallest value 2^-9, which the scale must still map
+# to 448) through float32 subnormals (scale clamped at 2^126) to huge
+AMAXES = [3.0, 3.5, JUST_ABOVE_3_5, BELOW_EIGHT, 1000.0, 3 * 2.0**-40, 1e-6, 2.0**-10, 1e-40, 3e38]
+
+
+@pytest.mark.parametrize("pow2", [False, True])
+@pytest.mark.parametrize("margin", [0, 2])
+def test_current_scale_is_max_over_amax_for_every_finite_nonzero_amax(pow2, margin):
+    fmt = get_format("e4m3")
+    scaling = CurrentScaling(fmt, margin=margin, pow2=pow2)
+    for amax in AMAXES:
+        assert scaling.scale(with_amax(amax)).item() == expected_scale(fmt, amax, margin, pow2), amax
+    # nothing to go by: scale 1
+    for x in (torch.zeros(16), torch.tensor([1.0, math.inf]), torch.tensor([math.nan, 2.0])):
+        assert scaling.scale(x).item() == 1.0
+    e0m7 = get_format("e0m7")  # max 127/128: a huge amax hits the lower clamp
+    assert CurrentScaling(e0m7, pow2=pow2).scale(with_amax(3e38)).item() == 2.0**-126
+    assert CurrentScaling(e0m7, pow2=pow2).scale(with_amax(1.0)).item() == expected_scale(e0m7, 1.0, 0, pow2)
+
+
+def test_scale_examples_and_a_std_1e_7_tensor_that_survives():
+    # the same promise written out for a few amaxes, so the helper above cannot hide a slip
+    e4m3 = get_format("e4m3")
+    assert CurrentScaling(e4m3).scale(with_amax(3.5)).item() == 128.0
+    assert CurrentScaling(e4m3, pow2=True).scale(with_amax(3.0)).item() == 128.0  # 149.3 -> 128
+    assert CurrentScaling(e4m3, pow2=True).scale(with_amax(JUST_ABOVE_3_5)).item() == 64.0  # 127.99998 -> 64
+    assert CurrentScaling(e4m3, margin=2, pow2=True).scale(with_amax(3.0)).item() == 32.0  # 37.3 -> 32
+    assert CurrentScaling(e4m3, pow2=True).scale(with_amax(3 * 2.0**-40)).item() == 2.0**47
+    assert CurrentScaling(e4m3).scale(with_amax(1e-40)).item() == 2.0**126
+    # a std-1e-7 tensor is mapped onto the format instead of underflowing to zero
+    x = torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 1e-7
+    for name in ("e5m2", "e4m3"):
+        y = scaled_quantize(x, name, CurrentScaling(name, pow2=True))
+        assert (y != 0).float().mean() > 0.99 and torch.allclose(y, x, rtol=2**-2, atol=0)
+
+
+@pytest.mark.parametrize("pow2", [False, True])
+def test_delayed_scale_is_max_over_the_history_amax(pow2):
+    fmt = get_format("e4m3")
+
+    def scale(amax):
+        return expected_scale(fmt, amax, 0, pow2)
+
+    for algo in ("max", "most_recent"):
+        s = DelayedScaling(fmt, history_len=3, algo=algo, pow2=pow2)
+        assert s.scale(with_amax(1e-6)).item() == scale(1e-6)  # first call: its own amax, however tiny
+        assert s.current.item() == scale(1e-6)
+        assert s.scale(with_amax(3.0)).item() == scale(1e-6)  # later calls: the history's
+        assert s.current.item() == scale(3.0)
+        assert s.scale(with_amax(2.0**-10)).item() == scale(3.0)
+        assert s.current.item() == (scale(3.0) if algo == "max" else scale(2.0**-10))
+        assert s.scale(torch.zeros(4)).item() == s.current.item()  # amax 0: nothing new
+        assert s.current.item() == (scale(3.0) if algo == "max" else scale(2.0**-10))  # previous kept
+        s.scale(with_amax(2.0**-12))
+        s.scale(with_amax(2.0**-12))  # amax 3 has left the history (length 3)
+        assert s.current.item() == scale(2.0**-12)
+        s.scale(torch.tensor([1.0, math.nan]))
+        assert s.current.item() == scale(2.0**-12)  # a NaN amax keeps the previous scale
+    first_zero = DelayedScaling(fmt, pow2=pow2)
+    assert first_zero.scale(torch.zeros(4)).item() == 1.0 and first_zero.current.item() == 1.0
+
+
+def test_delayed_scaling_round_trips_its_state():
     s = DelayedScaling("e4m3", history_len=4, algo="max")
-    s.scale(torch.tensor([2.0]))  # first call: its own amax
+    s.scale(torch.tensor([2.0]))
     s.scale(torch.tensor([8.0]))
-    assert s.current.item() == pytest.approx(448 / 8)
     state = s.state_dict()
-    s.scale(torch.tensor([0.5]))  # the max over history is still 8
-    assert s.current.item() == pytest.approx(448 / 8)
     fresh = DelayedScaling("e4m3", history_len=4)
     fresh.load_state_dict(state)
     assert torch.equal(fresh.amax_history, state["amax_history"])
-    assert torch.equal(fresh.scale(torch.tensor([1.0])), torch.tensor(448 / 8))
+    assert fresh.scale(torch.tensor([1.0])).item() == 448 / 8
     with pytest.raises(ValueError, match="history length"):
         DelayedScaling("e4m3", history_len=8).load_state_dict(state)
-    recent = DelayedScaling("e4m3", algo="most_recent", pow2=True)
-    recent.scale(torch.tensor([8.0]))
-    recent.scale(torch.tensor([1.0]))
-    assert recent.current.item() == 256.0  # 448 / 1 rounded down to a power of two
 
 
 def test_block_scaling_is_mx_with_power_of_two_scales():
-    x = torch.zeros(2, 70)
+    x = torch.zeros(2, 102)
     x[0, :32] = torch.linspace(-3, 3, 32)  # amax 3 -> X = 1 - 8 (e4m3 emax 8) -> multiplier 2^7
-    x[1, 32:64] = 1e-30
+    x[1, 32:64] = 1e-30  # X = -100 - 8: the block is mapped up, not left to underflow
     x[1, 64] = math.inf
+    x[0, 64:96] = BELOW_EIGHT  # floor(log2(8 - ulp)) = 2, not 3: X = -6, multiplier 2^6
+    x[0, 96:] = 1e-40  # last block, zero-padded: X = -133 - 8, clamped to E8M0's -127
     scaling = BlockScaling("e4m3")
     s = scaling.scale(x)
-    assert s.shape == (2, 3, 1)
-    assert s[0, 0, 0] == 2.0**7 and s[0, 1, 0] == 1.0  # zero block: exponent 0
-    assert torch.equal(torch.log2(s), torch.round(torch.log2(s)))
+    assert s.shape == (2, 4, 1)
+    assert s[:, :, 0].tolist() == [[2.0**7, 1.0, 2.0**6, 2.0**127], [1.0, 2.0**108, 1.0, 1.0]]  # zero / inf: 1
     y = scaled_quantize(x, "e4m3", scaling)
-    assert y.shape == x.shape and torch.isfinite(y[0]).all()
-    assert torch.allclose(y[0, :32], x[0, :32], rtol=2**-3)
+    assert y.shape == x.shape
+    blocks, multipliers = x[0, :96].reshape(3, 32), s[0, :3]
+    assert torch.equal(y[0, :96], (quantize(blocks * multipliers, "e4m3") / multipliers).reshape(-1))
+    assert torch.equal(y[1, 32:64], torch.full((32,), 320 * 2.0**-108))  # 1e-30 * 2^108 = 324.5 -> 320
 
 
 def test_straight_through_gradients():

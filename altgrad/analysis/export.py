@@ -2,7 +2,7 @@
 
 * ``metrics.parquet`` -- every row of every run's ``steps.parquet``, with the run's labels
   (``run_id``, ``format``, ``optimizer``, ``master_weights``, ``seed``, ...) in front.
-  Runs may have different metric columns (a bf16 run has no quantization telemetry); the
+  Runs may have different metric columns (an unquantized run has no quantization telemetry); the
   union is kept and missing values are null.
 * ``summary.parquet`` (+ ``summary.csv``) -- one row per run: the labels, the scalar fields
   of ``summary.json`` (status, diverged_at, steps, tokens, losses, FLOPs, ...), the number

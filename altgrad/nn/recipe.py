@@ -7,10 +7,9 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from altgrad.quantization import FloatFormat, get_format, is_passthrough, make_scaling
+from altgrad.quantization import SCALING_KINDS, FloatFormat, get_format, make_scaling
 
 OPERANDS = ("weight", "activation", "gradient")
-SCALINGS = ("delayed", "current", "block", "none")
 ROUNDINGS = ("nearest", "stochastic")
 
 
@@ -18,18 +17,21 @@ ROUNDINGS = ("nearest", "stochastic")
 class PrecisionRecipe:
     """How one linear layer is quantized.
 
-    `weight`, `activation` and `gradient` name each operand's format ("bf16" or None: leave
-    that operand alone), so a hybrid recipe (E4M3 forward, E5M2 backward) is just different
-    names. `gradient` is the gradient flowing into the layer's output (grad_out); the
-    weight and input gradients are computed from it. The scaling fields configure one
-    scaler per operand; `rounding` applies to weights and activations, `grad_rounding` to
-    gradients (stochastic by default, so updates far below one grid step still survive in
-    expectation).
+    `weight`, `activation` and `gradient` name each operand's format, or None (the default):
+    leave that operand alone, in the dtype it comes in. A hybrid recipe (E4M3 forward, E5M2
+    backward) is just different names. "bf16" is a format like the others: the all-bf16
+    recipe is the baseline, its operands rounded to bfloat16 by the same simulation on
+    every device (with no amax scaler: bf16 has float32's exponent range, see
+    altgrad.quantization.make_scaling). `gradient` is the gradient flowing into the
+    layer's output (grad_out); the weight and input gradients are computed from it. The
+    scaling fields configure one scaler per operand; `rounding` applies to weights and
+    activations, `grad_rounding` to gradients (stochastic by default, so updates far below
+    one grid step still survive in expectation).
     """
 
-    weight: str | FloatFormat | None = "bf16"
-    activation: str | FloatFormat | None = "bf16"
-    gradient: str | FloatFormat | None = "bf16"
+    weight: str | FloatFormat | None = None
+    activation: str | FloatFormat | None = None
+    gradient: str | FloatFormat | None = None
     scaling: str = "delayed"
     amax_history: int = 16
     amax_algo: str = "max"
@@ -42,10 +44,10 @@ class PrecisionRecipe:
     def __post_init__(self) -> None:
         for operand in OPERANDS:
             name = getattr(self, operand)
-            if not is_passthrough(name):
+            if name is not None:
                 get_format(name)  # raises with the list of valid formats
         for field_name, value, valid in (
-            ("scaling", self.scaling, SCALINGS),
+            ("scaling", self.scaling, SCALING_KINDS),
             ("amax_algo", self.amax_algo, ("max", "most_recent")),
             ("rounding", self.rounding, ROUNDINGS),
             ("grad_rounding", self.grad_rounding, ROUNDINGS),
@@ -72,7 +74,7 @@ class PrecisionRecipe:
     @property
     def formats(self) -> dict[str, FloatFormat | None]:
         """Operand -> FloatFormat, or None where the operand is left alone."""
-        return {op: None if is_passthrough(getattr(self, op)) else get_format(getattr(self, op)) for op in OPERANDS}
+        return {op: None if getattr(self, op) is None else get_format(getattr(self, op)) for op in OPERANDS}
 
     @property
     def is_identity(self) -> bool:
@@ -83,12 +85,12 @@ class PrecisionRecipe:
         return self.grad_rounding if operand == "gradient" else self.rounding
 
     def make_scaler(self, fmt: FloatFormat, device: torch.device | None = None):
-        """A fresh scaler for one operand (None when scaling is "none")."""
+        """A fresh scaler for one operand (None when scaling is "none" or fmt has float32's exponents)."""
         return make_scaling(self.scaling, fmt, history_len=self.amax_history, algo=self.amax_algo, margin=self.margin,
                             pow2=self.pow2_scales, block_size=self.scale_block, device=device)
 
     def __str__(self) -> str:
-        formats = " ".join(f"{op}={fmt.name if fmt else 'bf16'}" for op, fmt in self.formats.items())
+        formats = " ".join(f"{op}={fmt.name if fmt else 'unquantized'}" for op, fmt in self.formats.items())
         return f"{formats} scaling={self.scaling}"
 
 

@@ -93,8 +93,9 @@ def quantize_model(
     token embedding in the GPT) stays as it is when `skip_lm_head`; otherwise the rules
     are tried in order and the first whose pattern matches decides (see `PrecisionRule`
     for the glob syntax; recipe None = high precision); with no match, `recipe` applies
-    (None = high precision). Layers whose recipe quantizes nothing are left untouched, so
-    an all-bf16 setup changes nothing. A rule that never applies triggers a warning.
+    (None = high precision). Layers whose recipe quantizes nothing (every operand None) are
+    left untouched; an all-bf16 recipe is the baseline and does quantize, to bfloat16. A
+    rule that never applies triggers a warning.
     `seed` enters every layer's stochastic-rounding seed (with the layer's name).
     """
     rules = tuple(rules)

@@ -1,9 +1,11 @@
 """The numerics core: any small float format, simulated bit-exactly in float32 (torch only)."""
 
 from .autograd import dequantize, fake_quantize
-from .formats import FORMAT_NAMES, FORMATS, FloatFormat, get_format, is_passthrough
+from .equivalence import equivalence_classes, equivalent
+from .formats import FORMAT_NAMES, FORMATS, FloatFormat, get_format
 from .quantize import QuantStats, decode, encode, quantize
 from .scaling import (
+    SCALING_KINDS,
     BlockScaling,
     CurrentScaling,
     DelayedScaling,
@@ -12,8 +14,9 @@ from .scaling import (
 )
 
 __all__ = [
-    "FORMAT_NAMES",
     "FORMATS",
+    "FORMAT_NAMES",
+    "SCALING_KINDS",
     "BlockScaling",
     "CurrentScaling",
     "DelayedScaling",
@@ -22,9 +25,10 @@ __all__ = [
     "decode",
     "dequantize",
     "encode",
+    "equivalence_classes",
+    "equivalent",
     "fake_quantize",
     "get_format",
-    "is_passthrough",
     "make_scaling",
     "quantize",
     "scaled_quantize",

@@ -127,6 +127,12 @@ class FloatFormat:
         return math.ldexp(1.0, self.emin - self.man_bits)
 
     @property
+    def has_float32_exponents(self) -> bool:
+        """True when the normal binades are float32's, 2^-126 up to 2^127 (bf16, e8m0): the
+        format holds every float32 magnitude's exponent, so amax scaling has nothing to fit."""
+        return self.emin == -126 and math.frexp(self.max_value)[1] - 1 == 127
+
+    @property
     def has_inf(self) -> bool:
         return self.specials == "ieee" and self.exp_bits > 0
 
@@ -187,8 +193,8 @@ def per_format_constants(derive: Callable[[FloatFormat], T]) -> Callable[[FloatF
 
 def _registry() -> dict[str, FloatFormat | None]:
     return {
-        # bf16 = "not quantized": the baseline recipe. Its FloatFormat (E8M7) exists so that
-        # bf16 itself can be simulated and checked, but recipes treat the name as "leave alone".
+        # bfloat16 (E8M7, bias 127): the baseline. A recipe's bf16 operands are rounded to it by
+        # the same simulation as every other format (no amax scaler: float32's exponent range).
         "bf16": FloatFormat(8, 7, specials="ieee", name="bf16"),
         "e5m2": FloatFormat(5, 2, specials="ieee", name="e5m2"),
         # OCP E4M3 (max 448): the all-ones code is NaN, no inf.
@@ -218,8 +224,3 @@ def get_format(name: str | FloatFormat) -> FloatFormat:
         return FORMATS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown format {name!r}; valid formats: {', '.join(FORMAT_NAMES)}") from None
-
-
-def is_passthrough(name: str | FloatFormat | None) -> bool:
-    """True for the baseline recipe entries that mean "do not quantize" (None or bf16)."""
-    return name is None or (name == "bf16" if isinstance(name, str) else name.name == "bf16")

@@ -8,10 +8,16 @@ quantize(x * s) / s with s chosen from the tensor's absolute maximum (amax):
   absorbed. The history is state: `state_dict()` / `load_state_dict()` for checkpoints.
 * `BlockScaling`: OCP MX, one power-of-two (E8M0) scale per block of 32 along the last dim.
 
-Every scale is safe by construction: an all-zero tensor, an inf/NaN amax, or an amax
-below the format's smallest value never yields a zero, inf or NaN scale (the previous
-scale is kept, or 1 when there is none), and scales are clamped to [2^-126, 2^126].
-`pow2=True` rounds scales down to a power of two so scaling itself is exact.
+Every finite non-zero amax gets its scale, however small: s = max / (amax * 2^margin)
+(`pow2=True`: rounded down to a power of two, so scaling itself is exact), which puts amax
+at the format's max (within a factor 2 with pow2). A tensor far below the format's
+smallest value is exactly the one that needs a large scale. Only an amax that says
+nothing about the range (0: an all-zero tensor; inf or NaN) keeps the previous scale, or
+1 when there is none. Scales are clamped to [2^-126, 2^126], so they and their
+reciprocals are normal float32 numbers.
+
+`make_scaling` builds no scaler for a format with float32's exponent range (bf16, e8m0):
+see its docstring.
 """
 
 from __future__ import annotations
@@ -23,17 +29,22 @@ import torch
 from .formats import FloatFormat, get_format
 from .quantize import QuantStats, quantize
 
+SCALING_KINDS = ("delayed", "current", "block", "none")  # make_scaling's names
 _SCALE_MIN, _SCALE_MAX = 2.0**-126, 2.0**126
 _MX_EXP_MIN, _MX_EXP_MAX = -127, 127  # E8M0's exponent range
 
 
 def _safe_scale(amax: torch.Tensor, fmt: FloatFormat, margin: int, pow2: bool, fallback: torch.Tensor) -> torch.Tensor:
-    """max / (amax * 2^margin), or `fallback` where amax is zero, tiny, inf or NaN."""
-    usable = torch.isfinite(amax) & (amax >= fmt.min_subnormal)
-    scale = fmt.max_value / (amax.clamp(min=fmt.min_subnormal) * 2.0**margin)
+    """max / (amax * 2^margin), or `fallback` where amax is zero, inf or NaN."""
+    usable = torch.isfinite(amax) & (amax > 0)
+    # tensor / tensor divides correctly rounded (number / tensor multiplies by a reciprocal);
+    # a tiny amax overflows the quotient to inf, which the clamp makes 2^126
+    quotient = torch.full_like(amax, fmt.max_value * 2.0**-margin) / amax
+    scale = torch.where(usable, quotient, fallback).clamp(_SCALE_MIN, _SCALE_MAX)
     if pow2:
-        scale = torch.exp2(torch.floor(torch.log2(scale)))
-    return torch.where(usable, scale, fallback).clamp(_SCALE_MIN, _SCALE_MAX)
+        # frexp's exponent is exact; float32 log2 rounds a scale just below 2^k up to k
+        scale = torch.ldexp(torch.ones_like(scale), torch.frexp(scale).exponent - 1)
+    return scale
 
 
 class CurrentScaling:
@@ -121,9 +132,10 @@ class BlockScaling:
         """Per-block multipliers 2^-X, shape (..., n_blocks, 1)."""
         amax = self._blocks(x.detach().float()).abs().amax(dim=-1, keepdim=True)
         usable = torch.isfinite(amax) & (amax > 0)
-        exponent = torch.floor(torch.log2(torch.where(usable, amax, torch.ones_like(amax)))) - self.elem_emax
+        # floor(log2(amax)) from frexp, exactly (float32 log2 rounds 2^k - ulp up to k)
+        exponent = torch.frexp(amax).exponent - 1 - self.elem_emax
         exponent = torch.where(usable, exponent, torch.zeros_like(exponent))
-        return torch.exp2(-exponent.clamp(_MX_EXP_MIN, _MX_EXP_MAX))
+        return torch.ldexp(torch.ones_like(amax), -exponent.clamp(_MX_EXP_MIN, _MX_EXP_MAX))
 
 
 Scaling = CurrentScaling | DelayedScaling | BlockScaling
@@ -171,13 +183,22 @@ def make_scaling(
     block_size: int = 32,
     device: torch.device | str | None = None,
 ) -> Scaling | None:
-    """Build a scaler by config name: delayed | current | block | none (each takes its options)."""
-    if kind == "none":
+    """Build a scaler by config name: delayed | current | block | none (each takes its options).
+
+    A format with float32's exponent range (`FloatFormat.has_float32_exponents`: bf16,
+    e8m0) gets no scaler, whatever the kind: amax scaling exists to move a tensor into a
+    narrow format's range, and such a format's range already holds every float32 tensor
+    (from 2^-126 up). A scale there could only move the grid's anchor off the powers of two
+    (pow2=False), or push values off the ends of the range. So a `bf16` operand is rounded
+    to bfloat16 as it is, as casting to torch.bfloat16 would.
+    """
+    fmt = get_format(fmt)
+    if kind not in SCALING_KINDS:
+        raise ValueError(f"unknown scaling {kind!r}; valid: {', '.join(SCALING_KINDS)}")
+    if kind == "none" or fmt.has_float32_exponents:
         return None
     if kind == "delayed":
         return DelayedScaling(fmt, history_len=history_len, algo=algo, margin=margin, pow2=pow2, device=device)
     if kind == "current":
         return CurrentScaling(fmt, margin=margin, pow2=pow2)
-    if kind == "block":
-        return BlockScaling(fmt, block_size=block_size)
-    raise ValueError(f"unknown scaling {kind!r}; valid: delayed, current, block, none")
+    return BlockScaling(fmt, block_size=block_size)
