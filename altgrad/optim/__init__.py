@@ -2,11 +2,12 @@
 
 Parameter groups carry each weight's grid geometry (``fmt``, ``scale``; see geometry.py).
 ManifoldAdamW measures steps in ULPs, GridOptim keeps weights on the grid and moves them in
-whole rungs, GridProjection / project_to_grid make any optimizer store grid weights, and
-UpdateDiagnostics counts what each step changed on the grid.
+whole rungs (both step-matched to AdamW by build_optimizer), GridProjection / project_to_grid
+make any optimizer store grid weights, and UpdateDiagnostics counts what each step changed
+on the grid.
 """
 
-from .build import build_optimizer
+from .build import build_optimizer, calibration_record
 from .diagnostics import HIST_BINS, UpdateDiagnostics
 from .geometry import (
     GridProjection,
@@ -18,7 +19,7 @@ from .geometry import (
     stiffness,
 )
 from .grid_optim import GridOptim
-from .manifold import ManifoldAdamW, ManifoldSGD
+from .manifold import DEFAULT_MIN_STIFFNESS, ManifoldAdamW, ManifoldSGD
 from .safety import (
     MANTISSA_LADDER,
     MantissaShift,
@@ -27,6 +28,7 @@ from .safety import (
 )
 
 __all__ = [
+    "DEFAULT_MIN_STIFFNESS",
     "HIST_BINS",
     "MANTISSA_LADDER",
     "GridOptim",
@@ -36,6 +38,7 @@ __all__ = [
     "MantissaShift",
     "UpdateDiagnostics",
     "build_optimizer",
+    "calibration_record",
     "grid_position",
     "grid_value",
     "index_range",

@@ -18,6 +18,9 @@ Per layer (keys update.{name}.*) and in total (update.*):
                     1 - flips/attempted when only attempted weights move (NaN if none attempted)
     ulps_moved_hist.{0,1,2-3,4-7,8+}  weights by |index change|
     grid_distance   mean |grid position - nearest index| in ULPs: 0 when weights are on the grid
+    sign_changes    fraction of weights whose sign flipped (both signs non-zero, one before the
+                    step and the other after; the stored weight's sign, so an fp32 master weight
+                    below the grid's smallest step counts too): weights crossing zero
 Per layer only:
     bitpos_mean, bitpos_std   of the code's magnitude index |i| (0 = zero, top = ±max):
                     where on the format's dynamic range the weights sit
@@ -127,24 +130,27 @@ class UpdateDiagnostics:
 
     @torch.no_grad()
     def before_step(self) -> None:
-        """Snapshot every gridded layer that has a gradient: codes, |g|, |g|-S sums."""
+        """Snapshot every gridded layer that has a gradient: codes, signs, |g|, |g|-S sums."""
         self._before = []
         for (fmt, _), names in self._batches().items():
             w, scale = self._grid_units(names)
-            index = grid_position(to_grid_units(w, scale), fmt).round_()
+            position = grid_position(to_grid_units(w, scale), fmt)  # has w's sign, and is 0 only where w is
+            sign = torch.sign(position)
+            index = position.round_()
             g = self._stack(names, [self.geometry[name][0].grad for name in names]).abs()
             attempted = _row_count(g)
             s = stiffness(w, fmt, scale)
             corr_sums = torch.stack([g.sum(1), s.sum(1), _row_dot(g, g), _row_dot(s, s), _row_dot(g, s)], 1)
-            self._before.append((names, fmt, index, g, attempted, corr_sums))
+            self._before.append((names, fmt, index, sign, g, attempted, corr_sums))
 
     @torch.no_grad()
     def after_step(self) -> dict[str, float]:
         """Compare with the snapshot; returns the metrics dict (one host sync)."""
         rows, names = [], []
-        for batch, fmt, before, g, attempted, corr_sums in self._before:
+        for batch, fmt, before, sign, g, attempted, corr_sums in self._before:
             w, scale = self._grid_units(batch)
             position = grid_position(to_grid_units(w, scale), fmt)
+            sign_changes = _row_count(sign.mul_(position).lt_(0))  # 1.0 where before * after < 0
             index = position.round()
             distance = position.sub_(index).abs_().sum(1)
             moved = before.sub_(index).abs_()  # |index change|: integral, >= 0
@@ -152,7 +158,8 @@ class UpdateDiagnostics:
             at_least = [torch.ge(moved, k, out=position).sum(1) for k in (2, 4, 8)]
             attempted_and_moved = _row_count(moved.mul_(g))
             bitpos = index.abs_()
-            columns = [flips, *at_least, attempted, attempted_and_moved, bitpos.sum(1), _row_dot(bitpos, bitpos), distance]
+            columns = [flips, *at_least, attempted, attempted_and_moved, bitpos.sum(1), _row_dot(bitpos, bitpos), distance,
+                       sign_changes]
             rows.append(torch.cat([torch.stack([c.double() for c in columns], 1), corr_sums.double()], 1))
             names += batch
         self._before = []
@@ -161,12 +168,13 @@ class UpdateDiagnostics:
 
     def _summarise(self, names: list[str], values: list[list[float]]) -> dict[str, float]:
         out: dict[str, float] = {}
-        totals = [0.0] * 8  # flips, >= 2, >= 4, >= 8, attempted, attempted and moved, distance, entries
+        totals = [0.0] * 9  # flips, >= 2, >= 4, >= 8, attempted, attempted and moved, distance, sign changes, entries
         for name, row in zip(names, values):
-            flips, ge2, ge4, ge8, attempted, moved, bit_sum, bit_sq, distance, *corr = row
+            flips, ge2, ge4, ge8, attempted, moved, bit_sum, bit_sq, distance, sign_changes, *corr = row
             numel, watched = self.geometry[name][0].numel(), self._watched(name)
             # sums over the watched entries, scaled to the whole layer (factor 1 when all are watched)
-            layer = [v * numel / watched for v in (flips, ge2, ge4, ge8, attempted, moved, distance)] + [numel]
+            counts = (flips, ge2, ge4, ge8, attempted, moved, distance, sign_changes)
+            layer = [v * numel / watched for v in counts] + [numel]
             key = f"update.{name}."
             out.update(_update_metrics(key, *layer))
             bit_mean = bit_sum / watched
@@ -217,12 +225,14 @@ def _row_count(x: torch.Tensor) -> torch.Tensor:
     return count_nonzero(x).view(1) if len(x) == 1 else count_nonzero(x, dim=1)
 
 
-def _update_metrics(key, flips, ge2, ge4, ge8, attempted, attempted_and_moved, distance, n) -> dict[str, float]:
+def _update_metrics(key, flips, ge2, ge4, ge8, attempted, attempted_and_moved, distance, sign_changes,
+                    n) -> dict[str, float]:
     metrics = {
         key + "flips": flips,
         key + "attempted": attempted,
         key + "stall_ratio": (attempted - attempted_and_moved) / attempted if attempted else math.nan,
         key + "grid_distance": distance / n,
+        key + "sign_changes": sign_changes / n,
     }
     counts = (n - flips, flips - ge2, ge2 - ge4, ge4 - ge8, ge8)
     metrics.update({f"{key}ulps_moved_hist.{b}": c for b, c in zip(HIST_BINS, counts)})

@@ -9,7 +9,7 @@ tensor or anything that broadcasts against the weight.
 Two coordinates on the grid, both from the float32 bit pattern (whole-tensor ops, no sync):
 
 * `stiffness`: the grid spacing at w in real units, the "ULP" that geometry-aware steps
-  are measured in.
+  are measured in: the gap to the next grid value in the direction the step goes.
 * `grid_position`: a signed fractional index: k at the k-th grid value above zero, -k
   below, linear in value between neighbours. On the grid it is the code's magnitude
   bits with the sign applied, so rounding it is encoding and integer steps are rungs.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,11 @@ _EXP_MASK = 0x7F800000
 def _pow2_bits(exponent: int) -> int:
     """The float32 bit pattern of 2^exponent (normal range)."""
     return (exponent + 127) << 23
+
+
+def _float32_bits(value: float) -> int:
+    """The bit pattern of a positive value rounded to float32, as an int32 (order = value order)."""
+    return struct.unpack("<i", struct.pack("<f", value))[0]
 
 
 @dataclass(frozen=True)
@@ -88,24 +94,51 @@ def to_grid_units(w: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
 
 
 def stiffness(
-    w: torch.Tensor, fmt: FloatFormat, scale: torch.Tensor | None = None, max_stiffness: float = 0.0
+    w: torch.Tensor, fmt: FloatFormat, scale: torch.Tensor | None = None, max_stiffness: float = 0.0,
+    update: torch.Tensor | None = None, floor: float = 0.0,
 ) -> torch.Tensor:
-    """The local ULP S at w in real units: 2^(clamp(floor(log2|w*s|), emin, top) - M) / s.
+    """The local ULP S at w in real units: the grid spacing next to w on the side the step goes.
 
-    The clamp from below gives zero and the subnormal range the subnormal step 2^(emin - M);
-    from above, values at or beyond max keep the top binade's step. A one-binade format
-    (E0M7) gives the constant 2^-M / s. At a power of two S is the spacing above (twice the
-    one below). `max_stiffness` > 0 caps S (real units); 0 = no cap. A new float32 tensor.
+    A step w <- w - lr * S * update goes toward zero where w != 0 and `update` has w's sign;
+    there S is the spacing *below* |w| (the gap to the next grid value toward zero), everywhere
+    else (update None, w = 0, a step away from zero) the spacing *above* |w|. The two differ
+    only at a power of two 2^k above the subnormal range, where the spacing below is half the
+    one above; so a 1-ULP step from a grid value lands on its neighbour in either direction
+    (on E7M0, all powers of two, the step down from 2^k is 2^(k-1), not 2^k).
+
+    Formula: 2^(clamp(floor(log2 m), emin, top) - M) / s with m = |w*s|, or, toward zero, m =
+    |w*s| (1 - 2^-24): rounded to float32 that is the float just below |w*s| at a power of two
+    (so its binade is the one below) and stays in |w*s|'s binade elsewhere. The clamp from
+    below gives zero and the subnormal range the subnormal step 2^(emin - M); from above,
+    values at or beyond max keep the top binade's step. A one-binade format (E0M7) gives the
+    constant 2^-M / s.
+
+    `floor` > 0 raises S to at least `floor` in grid units (the units of w * s: a spacing of
+    the grid, wherever the scale puts it), at most to the top binade's step; `max_stiffness`
+    > 0 caps S in real units. 0 = neither. A new float32 tensor.
     """
     layout = _layout(fmt)
+    x = to_grid_units(w, scale)
+    own_copy = scale is not None
+    if update is not None:  # x (1 - 2^-24) where the step goes toward zero: x and update of one sign
+        toward_zero = torch.sign(update).to(torch.float32).mul_(x).gt_(0)  # sign: x * update could underflow
+        x, own_copy = torch.addcmul(x, x, toward_zero, value=-(2.0**-24), out=toward_zero), True
     # 2^floor(log2|w*s|) is the bit pattern of w*s with sign and mantissa cleared
-    bits = to_grid_units(w, scale).view(torch.int32)
-    binade = bits.bitwise_and_(_EXP_MASK) if scale is not None else bits & _EXP_MASK  # in place on our own copy only
-    ulp = binade.clamp_(layout.min_normal_bits, layout.binade_hi_bits).view(torch.float32)
+    bits = x.view(torch.int32)
+    binade = bits.bitwise_and_(_EXP_MASK) if own_copy else bits & _EXP_MASK  # in place on our own copy only
+    lowest = layout.min_normal_bits  # floor or not: one clamp of the binade's bits
+    if floor > 0:
+        lowest = min(max(lowest, _float32_bits(floor / layout.ulp_of_binade)), layout.binade_hi_bits)
+    ulp = binade.clamp_(lowest, layout.binade_hi_bits).view(torch.float32)
     ulp.mul_(layout.ulp_of_binade if scale is None else layout.ulp_of_binade / scale)
     if max_stiffness > 0:
         ulp.clamp_(max=max_stiffness)
     return ulp
+
+
+def root_mean_square(x: torch.Tensor) -> torch.Tensor:
+    """RMS of all entries, accumulated in float64 (a device scalar: no host sync)."""
+    return torch.linalg.vector_norm(x, dtype=torch.float64) / math.sqrt(max(x.numel(), 1))
 
 
 def count_nonzero(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -237,6 +270,59 @@ def checkpoint_generator(optimizer: torch.optim.Optimizer, key: str, generator: 
 
     optimizer.register_state_dict_post_hook(save)
     optimizer.register_load_state_dict_pre_hook(load)
+
+
+def decay_factor(group: dict) -> float:
+    """Decoupled weight decay in real units, the same in every optimizer here and in
+    torch.optim.AdamW: w <- w * (1 - lr * weight_decay) each step."""
+    return 1 - group["lr"] * group["weight_decay"]
+
+
+def adam_moments(p: torch.Tensor, state: dict, betas: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """One step of Adam's moments, as torch.optim.AdamW computes them (state "step",
+    "exp_avg", "exp_avg_sq"): returns (m, v, bias correction 1, sqrt(bias correction 2))."""
+    beta1, beta2 = betas
+    if "step" not in state:
+        state["step"] = 0
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    state["step"] += 1
+    exp_avg, exp_avg_sq, grad = state["exp_avg"], state["exp_avg_sq"], p.grad
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    return exp_avg, exp_avg_sq, 1 - beta1 ** state["step"], (1 - beta2 ** state["step"]) ** 0.5
+
+
+def adamw_update(p: torch.Tensor, state: dict, group: dict) -> None:
+    """torch.optim.AdamW's step for one parameter, op for op (the same bits: tested). Every
+    optimizer here steps the parameters of a group without ``fmt`` with it, so that an arm
+    differs from its AdamW control only on the gridded weights."""
+    if group["weight_decay"] != 0:
+        p.mul_(decay_factor(group))  # torch decays before the moments; they do not read w
+    exp_avg, exp_avg_sq, bias_correction1, bias_correction2_sqrt = adam_moments(p, state, group["betas"])
+    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(group["eps"])
+    p.addcdiv_(exp_avg, denom, value=-group["lr"] / bias_correction1)
+
+
+def known_gain(state: dict, group: dict) -> float | None:
+    """A gridded weight's lr gain c, its steps being lr * c * (the optimizer's direction): the
+    group's fixed "lr_gain" (uncalibrated), else the one `calibrate_gain` stored at the
+    weight's first step; None before that."""
+    return group["lr_gain"] if group["lr_gain"] is not None else state.get("lr_gain")
+
+
+def calibrate_gain(state: dict, direction: torch.Tensor, reference: torch.Tensor) -> float:
+    """Store and return c = RMS(reference) / RMS(direction), so RMS(c * direction) equals
+    RMS(reference): the arm's step direction matched to AdamW's u = m_hat / (sqrt(v_hat) + eps).
+    In optimizer state, so a resumed run goes on with the same c. A direction that is all
+    zero moves nothing whatever c is (nor does a non-finite one measure anything): 0 is
+    returned and the weight calibrates at its first step that moves. One host sync, at that
+    step only."""
+    ours, target = torch.stack([root_mean_square(direction), root_mean_square(reference)]).tolist()
+    if not (0 < ours < math.inf and math.isfinite(target)):
+        return 0.0
+    state["lr_gain"] = target / ours
+    return state["lr_gain"]
 
 
 class GeometryOptimizer(torch.optim.Optimizer):

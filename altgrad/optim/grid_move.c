@@ -82,12 +82,12 @@ static void move_range(float *restrict p, float *restrict buf, const float *rest
     counts[1] = flips;
 }
 
-/* hyper = (lr, momentum, weight decay, rung clip or inf), keys = the two hash keys;
+/* hyper = (lr, momentum, decay factor, rung clip or inf), keys = the two hash keys;
    counts <- (attempted, flips). */
 void grid_move(float *p, float *buf, const float *grad, int64_t n, const float *scale, int64_t scale_step,
                const float *hyper, uint32_t key0, uint32_t key1, const layout_t *layout, int64_t *counts,
                int threads) {
-    float lr = hyper[0], momentum = hyper[1], decay = 1.0f - hyper[0] * hyper[2], clip = hyper[3];
+    float lr = hyper[0], momentum = hyper[1], decay = hyper[2], clip = hyper[3];
     int64_t attempted = 0, flips = 0;
     layout_t L = *layout;
 #pragma omp parallel num_threads(threads) reduction(+ : attempted, flips)

@@ -1,4 +1,4 @@
-"""GridOptim: SGD with momentum whose weights live on their format grid and move in whole rungs."""
+"""GridOptim: weights that live on their format grid and move in whole rungs, AdamW elsewhere."""
 
 from __future__ import annotations
 
@@ -10,43 +10,62 @@ from altgrad.quantization.random_bits import draw_key, uniform
 from . import grid_move_cpu
 from .geometry import (
     GeometryOptimizer,
+    adamw_update,
+    calibrate_gain,
     checkpoint_generator,
     count_nonzero,
+    decay_factor,
     first_device,
     grid_position,
     grid_value,
     index_range,
+    known_gain,
     to_grid_units,
 )
 
 
 class GridOptim(GeometryOptimizer):
-    """Momentum SGD where a weight with ``fmt`` only ever takes grid values.
+    """Momentum SGD where a weight with ``fmt`` only ever takes grid values; AdamW elsewhere.
 
-    Each step: buf <- mu * buf + g (float32), update u = lr * (buf + wd * w) in real units
-    (lr is an SGD learning rate, weight decay decoupled from the momentum). For a group with
-    ``fmt`` the weight's grid index i (round-to-nearest of its grid position, so a weight
-    that starts off the grid, or whose scale changed, is snapped first) and the target's
-    fractional position give the update in rungs, r = position((w - u) * s) - i: the number
-    of grid points between the weight and its target, fractional within a binade (so r is
-    u / ULP at the weight, and a move that crosses a binade counts the rungs it crosses).
-    r is clipped to ±rung_clip (0 = no clip), rounded stochastically (floor(r + U), U ~
-    U[0, 1): unbiased, E[k] = r) and the weight moves k grid points along the sorted grid,
-    clamped at ±max, so it never becomes inf/NaN. A NaN update moves nothing (and a NaN
-    gradient stays in the momentum, freezing the weight); an infinite one runs to the clip.
+    Each step of a gridded weight: m_hat, the bias-corrected EMA of its gradients (Adam's
+    first moment, rate `momentum`, default betas[0]), gives the target w (1 - lr * wd) -
+    lr * c * m_hat in real units (weight decay decoupled, real-unit, AdamW's own). The
+    weight's grid index i (round-to-nearest of its grid position, so a weight that starts off
+    the grid, or whose scale changed, is snapped first) and the target's fractional position
+    give the update in rungs, r = position(target * s) - i: the number of grid points between
+    the weight and its target, fractional within a binade (so r is the move / ULP at the
+    weight, and a move that crosses a binade counts the rungs it crosses). r is clipped to
+    ±rung_clip (0 = no clip), rounded stochastically (floor(r + U), U ~ U[0, 1): unbiased,
+    E[k] = r) and the weight moves k grid points along the sorted grid, clamped at ±max, so it
+    never becomes inf/NaN. A NaN update moves nothing (and a NaN gradient stays in the
+    momentum, freezing the weight); an infinite one runs to the clip.
 
-    A group without ``fmt`` is plain momentum SGD with decoupled decay. state["flips"] and
-    state["attempted"] count, for the last step, weights whose code changed and weights with
-    a non-zero update in rungs. The rounding draws come from a generator seeded by `seed`
-    and saved in state_dict(), so a resumed run repeats an uninterrupted one exactly.
+    c is the weight's `lr_gain`, so every group's lr is the AdamW control's real-unit lr:
+    lr_gain=None (the fair comparison) calibrates c at the weight's first step to
+    RMS(u_0) / RMS(g_0), u_0 = g_0 / (|g_0| + eps) being AdamW's first step: the RMS intended
+    move (rungs x ULP, before the rounding) equals AdamW's RMS step at step 0; m_hat being an
+    EMA, the move does not grow 1 / (1 - mu) after step 0 as with a plain momentum sum (whose
+    step-0 match would not hold later). c lives in optimizer state (exact resume); lr * c is the
+    weight's real-unit lr at a schedule's peak lr. A number fixes c for every weight
+    (uncalibrated).
+
+    A group without ``fmt`` is exactly torch.optim.AdamW (`adamw_update`, the same function
+    as ManifoldAdamW's). state["flips"] and state["attempted"] count, for the last step,
+    weights whose code changed and weights with a non-zero update in rungs. The rounding
+    draws come from a generator seeded by `seed` and saved in state_dict(), so a resumed run
+    repeats an uninterrupted one exactly.
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, rung_clip: float = 0.0,
-                 weight_decay: float = 0.0, seed: int = 0, compile: bool = False):
-        if min(lr, rung_clip, weight_decay) < 0 or not 0 <= momentum < 1:
-            raise ValueError(f"need lr, rung_clip, weight_decay >= 0 and 0 <= momentum < 1, "
-                             f"got {lr}, {rung_clip}, {weight_decay}, {momentum}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, rung_clip=rung_clip, weight_decay=weight_decay))
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, momentum: float | None = None, lr_gain: float | None = None,
+                 rung_clip: float = 0.0, seed: int = 0, compile: bool = False):
+        if min(lr, eps, rung_clip, weight_decay, 0.0 if lr_gain is None else lr_gain) < 0:
+            raise ValueError(f"lr, eps, rung_clip, weight_decay, lr_gain must be >= 0, "
+                             f"got {lr}, {eps}, {rung_clip}, {weight_decay}, {lr_gain}")
+        if not all(0.0 <= b < 1.0 for b in (*betas, 0.0 if momentum is None else momentum)):
+            raise ValueError(f"betas and momentum must be in [0, 1), got {betas}, {momentum}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                                      lr_gain=lr_gain, rung_clip=rung_clip))
         self.generator = torch.Generator(first_device(self.param_groups)).manual_seed(seed)
         checkpoint_generator(self, "grid_optim_rng", self.generator)
         # compile=True: the move is one fused kernel per parameter, fed keys drawn from the
@@ -59,15 +78,21 @@ class GridOptim(GeometryOptimizer):
         self._flags = torch.empty(0)  # compiled moves' per-weight flags, shared by all weights
 
     def _update(self, p, state, group, fmt, scale):
-        lr, wd = group["lr"], group["weight_decay"]
-        if not state:
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         if fmt is None:
-            buf = state["momentum_buffer"].mul_(group["momentum"]).add_(p.grad)
-            p.mul_(1 - lr * wd).add_(buf, alpha=-lr)
+            adamw_update(p, state, group)
             return
+        if "step" not in state:
+            state["step"] = 0
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["step"] += 1
+        gain = known_gain(state, group)
+        if gain is None:  # AdamW's first step: m_hat = g, sqrt(v_hat) = |g|
+            gain = calibrate_gain(state, p.grad, p.grad / (p.grad.abs() + group["eps"]))
+        momentum = group["betas"][0] if group["momentum"] is None else group["momentum"]
+        # the move reads buf = sum_i mu^(t-i) g_i: times (1 - mu) / (1 - mu^t) it is m_hat
+        lr = group["lr"] * gain * (1 - momentum) / (1 - momentum ** state["step"])
         # hyperparameters as a tensor: a schedule changing lr must not recompile the kernel
-        hyper = torch.tensor([lr, group["momentum"], wd, group["rung_clip"] or torch.inf], device=p.device)
+        hyper = torch.tensor([lr, momentum, decay_factor(group), group["rung_clip"] or torch.inf], device=p.device)
         source, flags = self.generator, None
         if self.compile:
             source = draw_key(self.generator, p.device)
@@ -87,14 +112,15 @@ def move_on_grid(p: torch.Tensor, buf: torch.Tensor, grad: torch.Tensor, scale: 
                  flags: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """GridOptim's step for one gridded weight, in place on p and buf (see GridOptim).
 
-    hyper = (lr, momentum, weight decay, rung clip or inf); `source` feeds random_bits.
-    `flags`, a float32 buffer shaped like p, is needed when traced by torch.compile (see
-    _count_moves). Returns (attempted, flips) as device scalars.
+    hyper = (lr, momentum, decay factor, rung clip or inf): buf <- momentum * buf + grad, and
+    the target is w * decay - lr * buf. `source` feeds random_bits. `flags`, a float32 buffer
+    shaped like p, is needed when traced by torch.compile (see _count_moves). Returns
+    (attempted, flips) as device scalars.
     """
-    lr, momentum, wd, clip = hyper.unbind()
+    lr, momentum, decay, clip = hyper.unbind()
     buf.mul_(momentum).add_(grad)
-    # the target in grid units: (w - lr * (buf + wd * w)) * s
-    target = torch.mul(p, 1 - lr * wd).sub_(buf * lr)
+    # the target in grid units: (w * decay - lr * buf) * s
+    target = torch.mul(p, decay).sub_(buf * lr)
     if scale is not None:
         target.mul_(scale)
     here = grid_position(to_grid_units(p, scale), fmt).round_()

@@ -42,6 +42,7 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from altgrad.errors import AltgradError
+from altgrad.optim import DEFAULT_MIN_STIFFNESS
 from altgrad.quantization import FORMAT_NAMES
 from altgrad.training.model import GPTConfig
 
@@ -203,19 +204,27 @@ class PrecisionConfig:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """The optimizer. ``master_weights``: fp32 copy, or weights that live on the format grid."""
+    """The optimizer. ``master_weights``: fp32 copy, or weights that live on the format grid.
+
+    Every optimizer runs at train.lr with train's schedule, betas and weight decay (real
+    units, decoupled); ungridded parameters are AdamW's in every arm (altgrad.optim.build_optimizer).
+    """
 
     name: Literal["adamw", "manifold_adamw", "grid"] = "adamw"
     master_weights: Literal["fp32", "grid"] = "fp32"
-    # manifold_adamw: the lr of quantized weights, in ULPs per step at peak of the schedule
-    # (train.lr stays the real-unit lr of everything else: embeddings, norms, biases)
-    ulp_lr: float = _f(1.0, gt=0)
-    # grid: its momentum-SGD lr in real units (train.lr is an AdamW lr, far too small for SGD)
-    grid_lr: float = _f(0.1, gt=0)
-    max_stiffness: float = _f(0.0, ge=0)  # cap on the ULP scaling; 0 = no cap
+    # manifold_adamw: null = calibrated (each quantized weight's RMS step equals AdamW's at
+    # step 0); a number = that many ULPs per step at the schedule's peak (uncalibrated)
+    ulp_lr: float | None = _f(None, gt=0)
+    # grid: null = calibrated likewise; a number = the real-unit lr of the bias-corrected
+    # momentum at the schedule's peak (uncalibrated)
+    grid_lr: float | None = _f(None, gt=0)
+    max_stiffness: float = _f(0.0, ge=0)  # cap on the ULP scaling (real units); 0 = no cap
+    # floor on the ULP scaling, a fraction of the weight's RMS grid spacing at its first step;
+    # 0 = no floor (the default's measurement: altgrad.optim.manifold.DEFAULT_MIN_STIFFNESS)
+    min_stiffness: float = _f(DEFAULT_MIN_STIFFNESS, ge=0)
     rung_clip: float = _f(0.0, ge=0)  # max grid rungs moved per step; 0 = no clip
     grid_rounding: Rounding = "stochastic"
-    momentum: float = _f(0.9, ge=0, lt=1)  # grid optimizer
+    momentum: float | None = _f(None, ge=0, lt=1)  # grid optimizer's EMA rate; null = train.beta1
     partition_clip: bool = False
     partition_clip_threshold: float = _f(1.0, gt=0)
     mantissa_shift: bool = False

@@ -3,7 +3,9 @@
 `train(cfg, out_dir)` trains nanoGPT-style and writes, in `out_dir`:
 
     steps.parquet   one row per optimizer step (explicit `step`), every metric column
-    summary.json    status (completed | diverged), steps, tokens, losses, FLOPs, recipe, ...
+    summary.json    status (completed | diverged), steps, tokens, losses, FLOPs, recipe,
+                    calibration (altgrad.optim.calibration_record; step 0's row has the
+                    same per-layer lrs as calib.<layer>), ...
     checkpoints/    resumable state; not a declared pipeline output, so it survives a
                     failed job: model, optimizer, scalers, every RNG, the rows so far
 
@@ -40,6 +42,7 @@ from altgrad.optim import (
     MantissaShift,
     UpdateDiagnostics,
     build_optimizer,
+    calibration_record,
     partition_relative_clip,
 )
 from altgrad.training.checkpoint import CheckpointStore
@@ -143,6 +146,7 @@ class Trainer:
                                            skip_lm_head=cfg.precision.skip_lm_head, seed=tc.seed)
         geometry = weight_formats(self.model)  # quantized weights: param -> (format, scale_fn)
         self.optimizer = build_optimizer(self._param_groups(geometry), cfg.optimizer, tc)
+        self.param_names = {p: _short(n) for n, p in self.model.named_parameters()}
         # every weight matrix but the position embedding; unquantized ones have no grid (fmt None)
         self.matrices = {_short(n): p for n, p in self.model.named_parameters() if p.ndim == 2 and "wpe" not in n}
         self.diagnostics = UpdateDiagnostics({n: (p, *geometry.get(p, (None, None))) for n, p in self.matrices.items()},
@@ -333,8 +337,8 @@ class Trainer:
         tc = self.cfg.train
         started = time.perf_counter()
         lr = lr_at(self.step, tc)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        for group in self.optimizer.param_groups:  # every group of every arm: the AdamW control's lr
+            group["lr"] = lr
         batches = self._micro_batches()
         loss = self._loss_and_grads(self.forward, batches, autocast=self.autocast)
         row: dict[str, Any] = {"step": self.step, "tokens": (self.step + 1) * self.tokens_per_step, "lr": lr, "loss": loss}
@@ -359,6 +363,8 @@ class Trainer:
             self.diagnostics.before_step()
             self.optimizer.step()
             row.update(self.diagnostics.after_step())
+            if self.step == 0:  # the gains the first step calibrated: ULPs (or grid lr) per step at peak lr
+                row.update({f"calib.{name}": value for name, value in self._calibration()["lr"].items()})
             self._zero_update(before, row)
             if self.mantissa_shift is not None:
                 for event in self.mantissa_shift.observe(self.step, row):
@@ -387,6 +393,9 @@ class Trainer:
                 group["fmt"] = fmt
         p, _, scale = self.diagnostics.geometry[name]
         self.diagnostics.geometry[name] = (p, fmt, scale)
+
+    def _calibration(self) -> dict:
+        return calibration_record(self.optimizer, self.param_names, self.cfg.train.lr)
 
     def _zero_update(self, before: dict, row: dict) -> None:
         """Fraction of weights with a non-zero gradient that did not change (bit-stall)."""
@@ -487,6 +496,7 @@ class Trainer:
             "params_non_embedding": self.params_non_embedding,
             "precision": self.cfg.to_dict()["precision"],
             "optimizer": self.cfg.to_dict()["optimizer"],
+            "calibration": self._calibration(),
             "seed": self.cfg.train.seed,
             "device": str(self.device),
             "config_hash": self.cfg.config_hash(),
