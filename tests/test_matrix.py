@@ -27,7 +27,8 @@ from altgrad.analysis.matrix import (
     run_id,
 )
 
-REGISTRY_8 = ["bf16", "e5m2", "e4m3", "e3m4", "e2m5", "e1m6", "e0m7", "e7m0"]
+# the registry's 8-bit formats and the baseline, one member per equivalence class (e1m6 = e0m7)
+MATRIX_FORMATS = ["bf16", "e5m2", "e4m3", "e3m4", "e2m5", "e0m7", "e7m0"]
 
 
 def small(**sections) -> dict:
@@ -104,7 +105,7 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_base_run_problems_are_reported_once_not_per_run():
-    cfg = small(grid={"formats": REGISTRY_8, "optimizers": ["adamw", "manifold_adamw"]})
+    cfg = small(grid={"formats": MATRIX_FORMATS, "optimizers": ["adamw", "manifold_adamw"]})
     cfg["run"]["train"]["lr"] = -1
     cfg["run"]["model"]["n_head"] = 3
     cfg["run"]["data"] = {"train_bin": "x"}
@@ -178,9 +179,10 @@ def test_budget_is_the_budget_modules_computation():
 
 def test_embedded_default_is_the_promised_cpu_matrix():
     exp = load(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
-    for fmt in REGISTRY_8:
+    for fmt in MATRIX_FORMATS:
         assert {f"{fmt}-adamw-s0", f"{fmt}-manifold-s0"} <= set(exp.runs)
     assert {"e5m2-grid-s0", "e3m4-grid-s0", "e7m0-grid-s0"} <= set(exp.runs)
+    assert not [r for r in exp.runs if r.startswith("e1m6")]  # e0m7 stands for its class
     assert exp.corpus["source"]["name"] == "eurlex-sample" and exp.corpus["compact_vocab"]
     for run in exp.runs.values():
         assert run.config.train.device == "cpu"
@@ -212,3 +214,19 @@ def test_library_hash_follows_the_source(tmp_path):
     with open(copy_root / "quantization" / "formats.py", "a") as f:
         f.write("\n# a changed quantizer\n")
     assert library_hash(root=copy_root) != library_hash()
+
+
+def test_equivalent_formats_in_one_matrix_are_refused_unless_allowed():
+    """e1m6 (bias 0) and e0m7 are one format under amax scaling: running both measures noise."""
+    cfg = small(grid={"formats": ["bf16", "e1m6", "e4m3", "e0m7"], "optimizers": ["adamw"], "seeds": [0]})
+    with pytest.raises(ExperimentError) as info:
+        load(cfg)
+    assert info.value.problems == [
+        "formats e1m6 and e0m7 quantize identically under delayed amax scaling (their grids differ by a power "
+        "of two): keep one of them, or set allow_equivalent: true to run both"
+    ]
+    assert {"e1m6-adamw-s0", "e0m7-adamw-s0"} <= set(load({**cfg, "allow_equivalent": True}).runs)
+    # without amax scaling the grids' power-of-two offset matters: they are two formats
+    unscaled = copy.deepcopy(cfg)
+    unscaled["run"]["precision"] = {"scaling": "none"}
+    assert {"e1m6-adamw-s0", "e0m7-adamw-s0"} <= set(load(unscaled).runs)

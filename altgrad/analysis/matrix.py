@@ -70,7 +70,7 @@ from altgrad.analysis.scaling_study import (
     sweep_train_overrides,
 )
 from altgrad.errors import AltgradError
-from altgrad.quantization import FORMAT_NAMES
+from altgrad.quantization import FORMAT_NAMES, equivalence_classes
 from altgrad.training.config import ConfigError, RunConfig, _did_you_mean, _Loader
 from altgrad.training.tokenizer import GPT2_VOCAB_SIZE
 
@@ -653,6 +653,8 @@ def load_experiment(
             )
     if not specs and not problems:
         problems.append("grid/ab/extra_runs: the experiment has no runs")
+    if not c.get("allow_equivalent"):
+        problems += _equivalent_formats(runs)
 
     # the scaling sweep -------------------------------------------------------------------
     scaling_runs: dict[str, Run] = {}
@@ -747,6 +749,24 @@ def _scaling(
             runs[rid] = Run(rid, fmt, opt, "fp32", int(sc["seed"]), "scaling", cfg,
                             tag=f"c{budget_tag(s.budget)}-{s.size_tag}")
     return points, runs
+
+
+def _equivalent_formats(runs: Mapping[str, Run]) -> list[str]:
+    """One problem per class of registry formats in the matrix that quantize identically
+    under the amax scaling their runs use: their results would differ by noise alone."""
+    by_scaling: dict[str, list[str]] = {}
+    for run in runs.values():
+        if run.format in FORMAT_NAMES:
+            names = by_scaling.setdefault(run.config.precision.scaling, [])
+            if run.format not in names:
+                names.append(run.format)
+    return [
+        f"formats {' and '.join(members)} quantize identically under {scaling} amax scaling (their grids "
+        f"differ by a power of two): keep one of them, or set allow_equivalent: true to run both"
+        for scaling, names in by_scaling.items()
+        for members in equivalence_classes(names, scaling)
+        if len(members) > 1
+    ]
 
 
 def read_meta(path: Path, corpus: Mapping[str, Any]) -> dict[str, Any] | None:
