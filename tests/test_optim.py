@@ -550,8 +550,14 @@ def test_partition_relative_clip_limits_rms_to_the_grid_top():
 
 
 def test_mantissa_shift_ladder_and_policy():
-    names = [one_more_mantissa_bit(get_format(n)) for n in ("e5m2", "e4m3", "e3m4", "e2m5", "e1m6", "e0m7")]
+    ladder = ("e5m2", "e4m3", "e3m4", "e2m5", "e1m6", "e0m7")
+    names = [one_more_mantissa_bit(get_format(n), scaling="none") for n in ladder]
     assert [f.name if f else None for f in names] == ["e4m3", "e3m4", "e2m5", "e1m6", "e0m7", None]
+    # under amax scaling e1m6 -> e0m7 changes nothing (the same grid times 4): the ladder ends at e1m6
+    for scaling in ("delayed", "current", "block"):
+        names = [one_more_mantissa_bit(get_format(n), scaling) for n in ladder]
+        assert [f.name if f else None for f in names] == ["e4m3", "e3m4", "e2m5", "e1m6", None, None]
+    assert one_more_mantissa_bit(get_format("bf16")) is None  # the baseline does not shift
     off_ladder = one_more_mantissa_bit(FloatFormat(4, 3, specials="ieee"))
     assert (off_ladder.exp_bits, off_ladder.man_bits, off_ladder.specials) == (3, 4, "ieee")
 

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from altgrad.quantization import FORMATS, FloatFormat
+from altgrad.quantization import FORMATS, FloatFormat, equivalent
 
 from .geometry import group_scale
 
@@ -45,7 +45,7 @@ def partition_relative_clip(param_groups, threshold: float = 1.0) -> torch.Tenso
 MANTISSA_LADDER = ("e5m2", "e4m3", "e3m4", "e2m5", "e1m6", "e0m7")
 
 
-def one_more_mantissa_bit(fmt: FloatFormat) -> FloatFormat | None:
+def _next_rung(fmt: FloatFormat) -> FloatFormat | None:
     """The next format up the ladder; off the ladder FloatFormat(E-1, M+1) with fmt's
     specials and sign and the default bias; None when there is no exponent bit left."""
     if fmt.name in MANTISSA_LADDER and FORMATS[fmt.name] == fmt:
@@ -57,6 +57,19 @@ def one_more_mantissa_bit(fmt: FloatFormat) -> FloatFormat | None:
         return FloatFormat(fmt.exp_bits - 1, fmt.man_bits + 1, specials=fmt.specials, signed=fmt.signed)
     except ValueError:  # e.g. "ieee" with one exponent bit leaves no finite value
         return None
+
+
+def one_more_mantissa_bit(fmt: FloatFormat, scaling: str = "delayed") -> FloatFormat | None:
+    """The first format up the ladder that quantizes differently from `fmt` under `scaling`
+    (the amax scaling kind): a shift to an equivalent format (e1m6 -> e0m7 under amax
+    scaling: the same grid times 4) would change nothing. None at the top, and for formats
+    wider than 8 bits (the bf16 baseline is not a subject of emergency measures)."""
+    if fmt.bits > 8:
+        return None
+    successor = _next_rung(fmt)
+    while successor is not None and equivalent(fmt, successor, scaling):
+        successor = _next_rung(successor)
+    return successor
 
 
 class MantissaShift:
@@ -71,10 +84,11 @@ class MantissaShift:
     geometry. state_dict() keeps the counters and current formats as plain values.
     """
 
-    def __init__(self, formats: dict[str, FloatFormat], threshold: float = 1.0, patience: int = 10):
+    def __init__(self, formats: dict[str, FloatFormat], threshold: float = 1.0, patience: int = 10,
+                 scaling: str = "delayed"):
         if threshold <= 0 or patience < 1:
             raise ValueError(f"need threshold > 0 and patience >= 1, got {threshold}, {patience}")
-        self.formats, self.threshold, self.patience = dict(formats), threshold, patience
+        self.formats, self.threshold, self.patience, self.scaling = dict(formats), threshold, patience, scaling
         self.bad_streak = dict.fromkeys(self.formats, 0)
 
     def observe(self, step: int, metrics: dict[str, float]) -> list[dict]:
@@ -83,7 +97,7 @@ class MantissaShift:
             nonfinite = metrics.get(f"update.{name}.grad_nonfinite", 0.0) > 0
             stalled = metrics.get(f"update.{name}.stall_ratio", math.nan) >= self.threshold
             self.bad_streak[name] = self.bad_streak[name] + 1 if nonfinite or stalled else 0
-            if self.bad_streak[name] < self.patience or (successor := one_more_mantissa_bit(fmt)) is None:
+            if self.bad_streak[name] < self.patience or (successor := one_more_mantissa_bit(fmt, self.scaling)) is None:
                 continue
             events.append({"step": step, "layer": name, "reason": "nonfinite" if nonfinite else "stall",
                            "from": fmt.name, "to": successor.name})

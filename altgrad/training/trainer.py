@@ -156,7 +156,7 @@ class Trainer:
         oc = cfg.optimizer
         self.mantissa_shift = MantissaShift(
             {n: layer.weight_format for n, layer in self.layers.items() if layer.weight_format is not None},
-            threshold=oc.mantissa_shift_threshold, patience=oc.mantissa_shift_patience,
+            threshold=oc.mantissa_shift_threshold, patience=oc.mantissa_shift_patience, scaling=cfg.precision.scaling,
         ) if oc.mantissa_shift else None
         # bf16 autocast on CUDA only: on CPU it is slow and would blur the simulated numerics
         self.autocast = tc.autocast and self.device.type == "cuda"
