@@ -152,6 +152,15 @@ def test_the_report_states_the_numbers_of_the_parquet(exported):
             assert row["gap to BF16"] == f"{gaps[r.run_id]:+.4f}"
         stall = metrics.loc[metrics["run_id"] == r.run_id, "update.stall_ratio"].mean()
         assert row["stall ratio"] == ("–" if math.isnan(stall) else f"{stall:.3g}")
+        # how the arm's steps were sized: the calibrated per-layer lrs of summary.json, as a range
+        calibration = json.loads((root / "runs" / r.run_id / "summary.json").read_text())["calibration"]
+        if r.optimizer == "manifold":
+            lrs = calibration["lr"].values()
+            assert calibration["mode"] == "calibrated" and len(lrs) == 8  # 2 blocks x 4 linears (lm_head not gridded)
+            assert row["step size"] == f"calibrated {min(lrs):.3g}–{max(lrs):.3g}"
+        else:
+            assert calibration["mode"] == "none" and row["step size"] == "–"
+    assert "e1m6 = e0m7 under delayed scaling (ran: none)" in page  # the equivalence class is named
 
     # the diverged run is labelled with its step everywhere it is shown
     div = summary.set_index("run_id").loc[DIVERGING]

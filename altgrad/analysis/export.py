@@ -5,8 +5,10 @@
   Runs may have different metric columns (an unquantized run has no quantization telemetry); the
   union is kept and missing values are null.
 * ``summary.parquet`` (+ ``summary.csv``) -- one row per run: the labels, the scalar fields
-  of ``summary.json`` (status, diverged_at, steps, tokens, losses, FLOPs, ...), the number
-  of events, and the last training loss.
+  of ``summary.json`` (status, diverged_at, steps, tokens, losses, FLOPs, ...), the amax
+  scaling kind, how the gridded weights' steps were sized (``calibration``: calibrated,
+  uncalibrated or none; ``calibrated_lr``: per layer, JSON), the number of events, and the
+  last training loss.
 
 A run directory holds ``steps.parquet``, ``summary.json`` and, when the pipeline made it,
 ``run.json`` (the labels). Every file is written atomically (temp file, then rename).
@@ -79,6 +81,10 @@ def export_runs(
         frames.append(pd.concat([front, steps], axis=1))
         row = dict(labels)
         row.update({k: summary.get(k) for k in _SUMMARY_SCALARS})
+        row["scaling"] = summary.get("precision", {}).get("scaling")
+        calibration = summary.get("calibration", {})
+        row["calibration"] = calibration.get("mode")
+        row["calibrated_lr"] = json.dumps(calibration.get("lr", {}), sort_keys=True) if calibration else None
         row["n_events"] = len(summary.get("events", []))
         row["final_loss"] = float(steps["loss"].iloc[-1]) if "loss" in steps and len(steps) else None
         rows.append(row)

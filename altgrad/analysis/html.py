@@ -36,6 +36,7 @@ from altgrad.analysis.verdict import (
     describe_rules,
     optimizer_name,
 )
+from altgrad.quantization import FORMAT_NAMES, equivalence_classes
 
 __all__ = ["ReportContext", "render_report"]
 
@@ -343,7 +344,7 @@ def _runs_section(runs: pd.DataFrame) -> str:
     head = [("run", True), ("optimizer", True)] + ([("master", True)] if show_master else []) + [
         ("seed", False), ("status", True), ("steps", False), ("final val loss", False), ("best val loss", False),
         ("final val ppl", False), ("gap to BF16", False), ("stall ratio", False), ("flips / step", False),
-        ("max overflow", False), ("max underflow", False), ("grad cosine", False),
+        ("max overflow", False), ("max underflow", False), ("grad cosine", False), ("step size", True),
         ("tokens/s", False), ("GPU-h", False)]
     rows, rcls, ccls = [], [], []
     for _, r in runs.iterrows():
@@ -356,14 +357,46 @@ def _runs_section(runs: pd.DataFrame) -> str:
                      fmt_num(r.get("final_val_ppl"), "ppl"), fmt_num(r.get("gap_to_bf16"), "gap"),
                      fmt_num(r.get("stall_ratio_mean")), fmt_num(r.get("flips_mean"), "sci"),
                      _worst_rate(r, "overflow"), _worst_rate(r, "underflow"), fmt_num(r.get("grad_cos_mean")),
-                     fmt_num(r.get("tokens_per_s_median"), "int"), fmt_num(r.get("gpu_hours"), "hours")])
+                     _step_size(r), fmt_num(r.get("tokens_per_s_median"), "int"), fmt_num(r.get("gpu_hours"), "hours")])
         rcls.append("diverged" if div else "")
-        ccls.append([""] * (len(head) - 13) + ["status-diverged" if div else ""] + [""] * 12)
+        ccls.append([""] * (len(head) - 14) + ["status-diverged" if div else ""] + [""] * 13)
     note = ("<p class=\"sub\">Means over each run's steps (a diverged run's up to its last finite step). "
             "The gap is final val loss minus the BF16 run of the same seed; empty where that baseline is "
             "missing or the run diverged. Overflow/underflow: the largest mean rate over the weight (w), "
-            "activation (a) and gradient (g) operands. GPU-h = wall time / 3600 (FLOPs: budget table).</p>")
+            "activation (a) and gradient (g) operands. Step size: how a geometry-aware arm's steps on gridded "
+            "weights were sized, with the range of its per-layer lrs at the schedule's peak (ManifoldAdamW: ULPs "
+            "per step; GridOptim: real-unit lr on the bias-corrected momentum). <i>calibrated</i>: each layer's "
+            "RMS real-unit step equals AdamW's at step 0; <i>uncalibrated</i>: a fixed lr from the config, so "
+            "the arms also differ in step size. GPU-h = wall time / 3600 (FLOPs: budget table).</p>")
     return '<h2 id="runs">Runs</h2>' + note + _table(head, rows, rcls, ccls, table_id="runs-table")
+
+
+def _step_size(r: pd.Series) -> str:
+    """``calibrated 0.21–3.3`` (per-layer lr range), ``uncalibrated 1``, or ``–`` (AdamW: no gain)."""
+    mode = r.get("calibration")
+    if _missing(mode) or mode == "none":
+        return "–"
+    lrs = list(json.loads(r["calibrated_lr"]).values()) if not _missing(r.get("calibrated_lr")) else []
+    if not lrs:
+        return _e(mode)
+    low, high = fmt_num(min(lrs)), fmt_num(max(lrs))
+    return _e(f"{mode} {low}" if low == high else f"{mode} {low}–{high}")
+
+
+def _equivalence_text(runs: pd.DataFrame) -> str:
+    """Registry formats that quantize identically under the runs' amax scaling, and which member ran."""
+    if "scaling" not in runs or runs["scaling"].dropna().empty:
+        return "not recorded"
+    ran = set(runs["format"])
+    parts = []
+    for scaling in dict.fromkeys(runs["scaling"].dropna()):
+        classes = [c for c in equivalence_classes(FORMAT_NAMES, scaling) if len(c) > 1]
+        for members in classes:
+            run = [m for m in members if m in ran]
+            parts.append(f"{' = '.join(members)} under {scaling} scaling (ran: {', '.join(run) or 'none'})")
+        if not classes:
+            parts.append(f"none under {scaling} scaling")
+    return "; ".join(parts)
 
 
 def _kv_table(items: Sequence[tuple[str, str]]) -> str:
@@ -415,6 +448,7 @@ def _setup_section(runs: pd.DataFrame, ctx: ReportContext) -> str:
         ("runs", _e(f"{len(runs)}: formats {', '.join(dict.fromkeys(runs['format']))}; optimizers "
                     f"{', '.join(optimizer_name(o) for o in dict.fromkeys(runs['optimizer']))}; seeds "
                     f"{', '.join(str(int(s)) for s in sorted(runs['seed'].dropna().unique()))}")),
+        ("equivalent formats", _e(_equivalence_text(runs))),
         ("hardware", _e(ctx.hardware or ("devices: " + ", ".join(map(str, runs["device"].dropna().unique()))
                                          if "device" in runs else "not given"))),
         ("commit", _e(ctx.commit or "not given")),
