@@ -118,6 +118,50 @@ def test_calibrated_manifold_adamw_on_e0m7_is_adamw():
     assert not torch.equal(ours_w, param(w0))
 
 
+def test_the_null_control_holds_while_the_amax_scale_moves():
+    """As a layer's amax grows its scale halves and E0M7's grid spacing in real units doubles.
+    Calibrated ManifoldAdamW still takes AdamW's steps: the gain is matched at every step, so a
+    drifting scale cannot act as a hidden lr change."""
+    fmt = get_format("e0m7")
+    scales = iter([8.0, 8.0, 4.0, 2.0, 2.0, 0.5])
+    current = {"scale": 8.0}
+    ours_w, adamw_w = param(torch.linspace(-0.1, 0.1, 33)), param(torch.linspace(-0.1, 0.1, 33))
+    kwargs = dict(lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    ours = ManifoldAdamW([{"params": [ours_w], "fmt": fmt, "scale": lambda: torch.tensor(current["scale"])}],
+                         **kwargs)
+    adamw = torch.optim.AdamW([adamw_w], **kwargs)
+    g = torch.Generator().manual_seed(1)
+    for scale in scales:
+        current["scale"] = scale
+        ours_w.grad = torch.randn(33, generator=g)
+        adamw_w.grad = ours_w.grad.clone()
+        ours.step()
+        adamw.step()
+        torch.testing.assert_close(ours_w, adamw_w, rtol=1e-6, atol=1e-9)
+    assert ours.state[ours_w]["lr_gain"] == 2.0**7 * 8.0  # the record: step 0's gain
+
+
+@pytest.mark.parametrize("name", ARM_FORMATS)
+def test_calibrated_manifold_adamw_matches_adamws_rms_step_at_every_step(name):
+    """Not only at step 0: each step's RMS real-unit move equals AdamW's on the same gradients."""
+    fmt = get_format(name)
+    w0 = torch.randn(64, 32, generator=torch.Generator().manual_seed(2)) * 0.02
+    scale = amax_scale(w0, fmt)
+    ours_w, adamw_w = param(w0), param(w0)
+    kwargs = dict(lr=3e-3, betas=(0.9, 0.95), weight_decay=0.0)
+    ours = ManifoldAdamW([{"params": [ours_w], "fmt": fmt, "scale": constant_scale(scale.item())}], **kwargs)
+    adamw = torch.optim.AdamW([adamw_w], **kwargs)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(8):
+        grad = torch.randn(64, 32, generator=g) * 1e-3 + 5e-4  # a steady part and noise
+        before_ours, before_adamw = ours_w.detach().clone(), adamw_w.detach().clone()
+        ours_w.grad, adamw_w.grad = grad.clone(), grad.clone()
+        ours.step()
+        adamw.step()
+        assert rms(ours_w.detach() - before_ours) == pytest.approx(rms(adamw_w.detach() - before_adamw), rel=1e-3)
+        adamw_w.data.copy_(ours_w.detach())  # compare steps from the same weights
+
+
 def gridded_layers(fmt, seed=0):
     """Two N(0, 0.02) layers on fmt's grid, each with its amax scale, and their gradients."""
     g = torch.Generator().manual_seed(seed)
@@ -288,12 +332,12 @@ def steps_to_cross_zero(name: str | None, min_stiffness: float = 0.0, limit: int
 @pytest.mark.parametrize("name", ARM_FORMATS)
 def test_the_default_floor_lets_ulp_scaled_weights_cross_zero(name):
     """DEFAULT_MIN_STIFFNESS's measurement, kept honest: with it a weight crosses zero from 0.02
-    within 3x AdamW's steps on every format (without it e5m2 takes 124 and e7m0, whose step
+    within 4x AdamW's steps on every format (without it e5m2 takes 205 and e7m0, whose step
     toward zero halves with the weight, never crosses), while fewer than 10% of an N(0, 0.02)
     layer's weights take the floor rather than their grid's spacing at step 0."""
     adamw = steps_to_cross_zero(None)
     assert adamw == 7
-    assert steps_to_cross_zero(name, DEFAULT_MIN_STIFFNESS) <= 3 * adamw
+    assert steps_to_cross_zero(name, DEFAULT_MIN_STIFFNESS) <= 4 * adamw
     if name in ("e5m2", "e7m0"):
         floorless = steps_to_cross_zero(name)
         assert floorless is None or floorless > 10 * adamw

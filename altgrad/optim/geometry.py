@@ -311,6 +311,13 @@ def known_gain(state: dict, group: dict) -> float | None:
     return group["lr_gain"] if group["lr_gain"] is not None else state.get("lr_gain")
 
 
+def matched_gain(direction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """c = RMS(reference) / RMS(direction) as a device scalar (no host sync); 0 where the
+    direction is all zero or c is not finite (nothing moves then, whatever c is)."""
+    gain = (root_mean_square(reference) / root_mean_square(direction)).float()
+    return torch.where(torch.isfinite(gain), gain, torch.zeros_like(gain))
+
+
 def calibrate_gain(state: dict, direction: torch.Tensor, reference: torch.Tensor) -> float:
     """Store and return c = RMS(reference) / RMS(direction), so RMS(c * direction) equals
     RMS(reference): the arm's step direction matched to AdamW's u = m_hat / (sqrt(v_hat) + eps).

@@ -16,9 +16,9 @@ from .geometry import (
     adam_moments,
     adamw_update,
     calibrate_gain,
+    matched_gain,
     decay_factor,
     grid_position,
-    known_gain,
     root_mean_square,
     stiffness,
     to_grid_units,
@@ -26,23 +26,23 @@ from .geometry import (
 
 # The floor of ULP-scaled steps, as a fraction of the weight's RMS grid spacing at its first step.
 # Near zero the ULP shrinks toward the subnormal step, so a ULP-scaled step dwindles with |w|.
-# Measured (tests/test_matched_arms.py keeps it honest): calibrated ManifoldAdamW, lr 3e-3,
-# N(0, 0.02) weights (4096, amax scale), fp32 master weights; steps for the weight at 0.02 to
-# cross zero under a steady gradient (AdamW: 7), and the share of weights floored at step 0:
+# Measured (tests/test_matched_arms.py keeps it honest): calibrated ManifoldAdamW (RMS step
+# matched to AdamW's at every step), lr 3e-3, N(0, 0.02) weights (4096, amax scale), fp32
+# master weights; steps for the weight at 0.02 to cross zero under a steady gradient (AdamW:
+# 7), and the share of weights floored at step 0:
 #
 #     min_stiffness        0     0.01   0.03   0.05   0.1    0.2    0.3
-#     e5m2               124       35     29     26    21     17     15
-#     e4m3                59       35     29     26    21     17     15
-#     e3m4                24       24     24     24    21     17     15
-#     e7m0           never (>400)  35     29     26    21     17     15
+#     e5m2               205       50     39     33    27     21     17
+#     e4m3                87       50     39     33    27     21     17
+#     e3m4                31       31     31     31    27     21     17
+#     e7m0           never (>400)  55     42     36    28     21     18
 #     weights floored     0     1.2%   2.1%   4.4%  8.5%    16%    31%   (e3m4: 0 below 0.1)
 #
-# (e3m4's subnormal step is already coarse; with grid master weights, stochastic rounding,
-# 0.1 gives 21-33 steps.) Of these, 0.1 is the largest floor that leaves over 90% of an
-# N(0, sigma) layer on its grid's own spacing, and with it every format crosses within 3x AdamW's steps
-# (without it up to 18x, and E7M0, whose step toward zero halves with w, never crosses). The
-# floored step is at least ~0.1 of AdamW's. One-binade E0M7 is untouched by any floor below 1
-# (its S is constant, equal to its RMS).
+# (e3m4's subnormal step is already coarse.) Of these, 0.1 is the largest floor that leaves
+# over 90% of an N(0, sigma) layer on its grid's own spacing, and with it every format
+# crosses within 4x AdamW's steps (without it up to 29x, and E7M0, whose step toward zero
+# halves with w, never crosses). The floored step is at least ~0.1 of AdamW's. One-binade
+# E0M7 is untouched by any floor below 1 (its S is constant, equal to its RMS).
 DEFAULT_MIN_STIFFNESS = 0.1
 
 
@@ -69,13 +69,16 @@ class ManifoldAdamW(GeometryOptimizer):
     in ULPs: lr * c = 1 moves a weight with a steady gradient one grid point per step, onto
     its neighbour either way. Weight decay is decoupled and in real units, AdamW's own.
 
-    c is the weight's `lr_gain`, so every group's lr is the AdamW control's real-unit lr:
-    lr_gain=None (the fair comparison) calibrates c at the weight's first step so that
-    RMS(c * S * u) = RMS(u): the RMS real-unit step equals AdamW's at step 0, and only how the
-    step is spread over the weights differs. c lives in optimizer state (exact resume); the
-    ULPs per step at a schedule's peak lr are lr * c. A number fixes c for every weight
-    (uncalibrated: lr = 1, lr_gain = 1 is one ULP per step). On a one-binade format (E0M7) S
-    is constant, so calibrated ManifoldAdamW is AdamW (the null control).
+    c is the weight's `lr_gain`, so every group's lr is the AdamW control's real-unit lr.
+    lr_gain=None (the fair comparison) calibrates c at every step so that RMS(c * S * u) =
+    RMS(u): each layer's RMS real-unit step equals AdamW's, at step 0 and after, and only how
+    the step is spread over the weights differs. Calibrating once would not do: S follows
+    the amax scale (on E0M7 and in the subnormal range S = step / scale), so as a layer's
+    amax drifts its steps would drift away from AdamW's by powers of two, an lr change in
+    disguise. Step 0's c is kept in optimizer state for the run's record (its ULPs per step
+    at the schedule's peak lr are lr * c). A number fixes c for every weight (uncalibrated:
+    lr = 1, lr_gain = 1 is one ULP per step). On a one-binade format (E0M7) S is constant
+    across the layer, so calibrated ManifoldAdamW is AdamW at every step (the null control).
 
     A group without ``fmt`` is exactly torch.optim.AdamW (same ops, bit for bit).
     `track_position=True` keeps state["position"]: each weight's latent grid position
@@ -111,10 +114,13 @@ class ManifoldAdamW(GeometryOptimizer):
         ulp = floored_stiffness(p, state, group, fmt, scale, exp_avg)  # at w before this step; u has m's sign
         # m_hat / (sqrt(v_hat) + eps) = (sqrt(bc2) / bc1) * m / (sqrt(v) + eps * sqrt(bc2)): two passes fewer
         denom = exp_avg_sq.sqrt().add_(group["eps"] * bias_correction2_sqrt)
-        gain = known_gain(state, group)
-        if gain is None:  # u's factor sqrt(bc2) / bc1 cancels in the ratio of RMSs
+        gain = group["lr_gain"]
+        if gain is None:  # calibrated at every step; u's factor sqrt(bc2) / bc1 cancels in the ratio of RMSs
             direction = exp_avg / denom
-            gain = calibrate_gain(state, ulp * direction, direction)
+            if "lr_gain" not in state:
+                calibrate_gain(state, ulp * direction, direction)  # step 0's gain, for the run's record
+            ulp.mul_(matched_gain(ulp * direction, direction))
+            gain = 1.0
         if group["weight_decay"] != 0:
             p.mul_(decay_factor(group))
         p.addcdiv_(ulp.mul_(exp_avg), denom, value=-group["lr"] * gain * bias_correction2_sqrt / bias_correction1)
