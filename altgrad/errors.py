@@ -13,4 +13,10 @@ class AltgradError(Exception):
     """An expected error whose message is meant for the user (no traceback needed)."""
 
 
-__all__ = ["AltgradError"]
+class PreparedDataError(AltgradError):
+    """A prepared corpus (``train.bin``, ``val.bin``, ``meta.json``) is missing, corrupt or
+    disagrees with its ``meta.json``; preparing it again fixes it. A separate type so that a
+    caller which can re-prepare (the pipeline, when asked to) can tell it from other errors."""
+
+
+__all__ = ["AltgradError", "PreparedDataError"]

@@ -283,11 +283,9 @@ def _write_local(tmp_path: Path) -> Path:
     ]
     (src / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n", encoding="utf-8")
     pq.write_table(
-        pa.table({"body": [f"parquet row {i} — données" for i in range(5)] + [None]}),
-        src / "b.parquet",
+        pa.table({"body": [f"parquet row {i} — données" for i in range(5)]}), src / "b.parquet"
     )
     (src / "sub" / "c.txt").write_text("A whole text file\nis one document.\n", encoding="utf-8")
-    (src / "sub" / "empty.txt").write_text("  \n", encoding="utf-8")
     return src
 
 
@@ -301,11 +299,11 @@ def test_local_sources_and_prepare(tmp_path):
     docs = list(corpus.iter_documents(cfg))
     assert len(docs) == 11 and docs[0].startswith("jsonl document 0") and "données" in docs[-1]
     txt = list(corpus.iter_documents({"name": "local", "paths": str(src / "**" / "*.txt")}))
-    assert txt == ["A whole text file\nis one document.\n", "  \n"]
+    assert txt == ["A whole text file\nis one document.\n"]
 
     cfg["paths"].append(str(src / "sub" / "*.txt"))
     meta = prepare(cfg, tmp_path / "out", val_fraction=0.25, seed=3, workers=2, progress=False)
-    assert meta["documents"] == {"train": 9, "val": 3} and meta["documents_skipped_empty"] == 1
+    assert meta["documents"] == {"train": 9, "val": 3} and meta["documents_skipped_empty"] == 0
     assert meta["source"]["field"] == "body"
     meta1 = prepare(cfg, tmp_path / "out1", val_fraction=0.25, seed=3, workers=1, progress=False)
     assert meta1 == meta  # thread count does not change the output
@@ -404,10 +402,14 @@ def test_hub_dataset_unreachable(tmp_path, source, env, cause):
 # ---------------------------------------------------------------------------------------
 def test_tokenbin_errors(tmp_path):
     with pytest.raises(
-        AltgradError, match=r"token file .*missing\.bin not found: run `altgrad prepare"
+        AltgradError, match=r"token file .*missing\.bin not found; re-create it with `snakemake"
     ):
         TokenBin(tmp_path / "missing.bin", vocab_size=50257, block_size=8)
-    with pytest.raises(AltgradError, match=r"meta\.json not found: run `altgrad prepare"):
+    with pytest.raises(
+        AltgradError,
+        match=r"meta\.json not found: the corpus is not prepared; re-create it with "
+        r"`snakemake --forcerun prepare` \(without Snakemake: `altgrad prepare --source <source>",
+    ):
         TokenBin.from_dir(tmp_path, "train", block_size=8)
     odd = tmp_path / "odd.bin"
     odd.write_bytes(b"\x01\x00\x02")

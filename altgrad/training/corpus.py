@@ -18,6 +18,12 @@ A source config is a name or a mapping with ``name`` plus that source's options:
                     ``text``), ``.txt`` one document per file.
 ==================  ===================================================================
 
+A local document with no printable text (empty, or only whitespace and control characters
+such as NUL) is an error naming its file (and line or row): it is a broken input the user
+can fix, and would otherwise become a document of its own -- in a small corpus, possibly the
+whole validation split. Pinned and hub sources, which the user cannot edit, have such
+documents skipped (and counted) by ``prepare``.
+
 Hub datasets need network access to the hub (or ``HF_HUB_OFFLINE=1`` with the dataset
 already in the local Hugging Face cache); when the hub cannot be reached the error says
 so and how to get around it.
@@ -97,7 +103,7 @@ def normalize_source(cfg: str | Mapping[str, Any] | None) -> dict[str, Any]:
         raise AltgradError(f"source config must be a name or a mapping, got {type(cfg).__name__}")
     cfg = dict(cfg)
     name = cfg.pop("name", None)
-    if name not in SOURCE_OPTIONS:
+    if not isinstance(name, str) or name not in SOURCE_OPTIONS:
         raise AltgradError(f"unknown corpus source {name!r}; choose one of {', '.join(SOURCES)}")
     defaults = SOURCE_OPTIONS[name]
     unknown = sorted(set(cfg) - set(defaults))
@@ -133,6 +139,22 @@ def iter_records(cfg: str | Mapping[str, Any] | None) -> Iterator[Document]:
 def iter_documents(cfg: str | Mapping[str, Any] | None) -> Iterator[str]:
     """Document strings of a source, in a fixed order."""
     return (doc.text for doc in iter_records(cfg))
+
+
+def source_files(cfg: str | Mapping[str, Any] | None) -> list[Path]:
+    """The local files a source reads (``[]`` for the pinned and hub sources).
+
+    Call it where the config is loaded: a glob that matches no file is an error naming the
+    glob then, not only when ``prepare`` runs.
+    """
+    cfg = normalize_source(cfg)
+    return expand_paths(cfg["paths"]) if cfg["name"] == "local" else []
+
+
+def has_printable_text(text: str) -> bool:
+    """Whether ``text`` holds a character that is neither whitespace nor a control (or
+    other non-printable) character: what is left after stripping those is not empty."""
+    return any(ch.isprintable() and not ch.isspace() for ch in text)
 
 
 # ---------------------------------------------------------------------------------------
@@ -330,7 +352,10 @@ def expand_paths(patterns: list[str]) -> list[Path]:
             if os.path.isfile(p)
         )
         if not matches:
-            raise AltgradError(f"no files match {pattern!r} (source 'local')")
+            raise AltgradError(
+                f"corpus source 'local': no files match {pattern!r}; fix the glob "
+                f"(corpus.paths in the config, --paths of `altgrad prepare`) or add the files"
+            )
         files.extend(Path(p) for p in matches)
     seen: set[Path] = set()
     unique: list[Path] = []
@@ -345,6 +370,17 @@ def expand_paths(patterns: list[str]) -> list[Path]:
             f"{' ...' if len(bad) > 5 else ''}; supported: {', '.join(LOCAL_SUFFIXES)}"
         )
     return unique
+
+
+def _printable_document(text: str, where: str, unit: str, meta: dict[str, Any]) -> Document:
+    """``text`` as a document, or an error naming ``where`` it came from (file, line, row)
+    and saying to remove or fix that ``unit``."""
+    if not has_printable_text(text):
+        raise AltgradError(
+            f"{where} has no printable text (empty, or only whitespace and control characters "
+            f"such as NUL); remove the {unit} from the corpus or fix it"
+        )
+    return Document(text=text, meta=meta)
 
 
 def _iter_jsonl(path: Path, field: str) -> Iterator[Document]:
@@ -364,7 +400,8 @@ def _iter_jsonl(path: Path, field: str) -> Iterator[Document]:
                 raise AltgradError(
                     f"{path}:{lineno}: field {field!r} is {type(text).__name__}, not a string"
                 )
-            yield Document(text=text, meta={"file": str(path), "line": lineno})
+            where = f"{path}:{lineno}: field {field!r}"
+            yield _printable_document(text, where, "line", {"file": str(path), "line": lineno})
 
 
 def _iter_parquet(path: Path, field: str) -> Iterator[Document]:
@@ -377,15 +414,17 @@ def _iter_parquet(path: Path, field: str) -> Iterator[Document]:
     names = pf.schema_arrow.names
     if field not in names:
         raise AltgradError(f"{path}: no column {field!r} (has: {', '.join(names)})")
-    row = 0
+    row = 0  # 0-based, as pyarrow and pandas count
     for batch in pf.iter_batches(columns=[field], batch_size=4096):
         for text in batch.column(0).to_pylist():
             if text is not None and not isinstance(text, str):
                 raise AltgradError(
                     f"{path}: column {field!r} holds {type(text).__name__}, not strings"
                 )
-            if text is not None:
-                yield Document(text=text, meta={"file": str(path), "row": row})
+            yield _printable_document(
+                text or "", f"{path}: row {row}, column {field!r}", "row",
+                {"file": str(path), "row": row},
+            )  # fmt: skip
             row += 1
 
 
@@ -403,7 +442,7 @@ def iter_local(paths: str | list[str], field: str = "text") -> Iterator[Document
                 text = path.read_text(encoding="utf-8")
             except UnicodeDecodeError as e:
                 raise AltgradError(f"{path}: not UTF-8 text ({e})") from e
-            yield Document(text=text, meta={"file": str(path)})
+            yield _printable_document(text, str(path), "file", {"file": str(path)})
 
 
 __all__ = [
@@ -417,6 +456,7 @@ __all__ = [
     "cache_dir",
     "expand_paths",
     "fetch_eurlex_wheel",
+    "has_printable_text",
     "iter_documents",
     "iter_eurlex_sample",
     "iter_hub",
@@ -424,4 +464,5 @@ __all__ = [
     "iter_records",
     "normalize_source",
     "read_eurlex_db",
+    "source_files",
 ]
