@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from altgrad.nn import (
     PrecisionRecipe,
-    PrecisionRule,
+    LayerRule,
     QuantizedLinear,
     collect_telemetry,
     quantize_model,
@@ -16,7 +16,7 @@ from altgrad.nn import (
     weight_formats,
 )
 from altgrad.quantization import DelayedScaling, get_format, quantize, scaled_quantize
-from altgrad.training.config import PrecisionConfig, Recipe
+from altgrad.training.config import OperandFormats, PrecisionConfig
 from altgrad.training.model import GPT, GPTConfig
 
 TINY = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=32)
@@ -49,7 +49,7 @@ def test_recipe_from_config_applies_a_rules_overrides():
     recipe = PrecisionRecipe.from_config(cfg)
     assert (recipe.weight, recipe.activation, recipe.gradient) == ("e4m3", "e4m3", "e5m2")
     assert recipe.scaling == "current" and recipe.margin == 1 and recipe.grad_rounding == "stochastic"
-    hybrid = PrecisionRecipe.from_config(cfg, Recipe(weight="e3m4"))
+    hybrid = PrecisionRecipe.from_config(cfg, OperandFormats(weight="e3m4"))
     assert (hybrid.weight, hybrid.activation, hybrid.gradient) == ("e3m4", "e4m3", "e5m2")
     baseline = PrecisionRecipe.from_config(PrecisionConfig())  # the config's default: bf16 operands
     assert set(baseline.formats.values()) == {get_format("bf16")} and not baseline.is_identity
@@ -206,10 +206,10 @@ def test_rules_first_match_wins_and_none_keeps_high_precision():
     model = tiny_gpt()
     e5m2 = PrecisionRecipe(weight="e5m2", activation="e5m2", gradient="e5m2")
     rules = [
-        PrecisionRule("transformer.h.0.mlp.*", None),
-        PrecisionRule("*.mlp.c_fc", e5m2),  # h.0.mlp.c_fc was taken by the first rule
-        PrecisionRule("*.attn.*", PrecisionRecipe()),  # identity recipe
-        PrecisionRule("*.nothing_here", e5m2),
+        LayerRule("transformer.h.0.mlp.*", None),
+        LayerRule("*.mlp.c_fc", e5m2),  # h.0.mlp.c_fc was taken by the first rule
+        LayerRule("*.attn.*", PrecisionRecipe()),  # identity recipe
+        LayerRule("*.nothing_here", e5m2),
     ]
     with pytest.warns(UserWarning, match=r"'\*\.nothing_here' matches no linear layer"):
         report = quantize_model(model, E4M3, rules)
@@ -232,7 +232,7 @@ def test_lm_head_can_be_quantized_and_stays_tied():
     model = tiny_gpt()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        quantize_model(model, None, [PrecisionRule("lm_head", E4M3)], skip_lm_head=False)
+        quantize_model(model, None, [LayerRule("lm_head", E4M3)], skip_lm_head=False)
     assert list(quantized_layers(model)) == ["lm_head"]
     assert model.lm_head.weight is model.transformer.wte.weight
     _, loss = model(torch.randint(0, 32, (2, 8)), torch.randint(0, 32, (2, 8)))

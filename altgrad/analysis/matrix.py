@@ -71,7 +71,7 @@ from altgrad.analysis.scaling_study import (
 )
 from altgrad.errors import AltgradError
 from altgrad.quantization import FORMAT_NAMES, equivalence_classes
-from altgrad.training.config import ConfigError, RunConfig, _did_you_mean, _Loader
+from altgrad.training.config import ConfigError, RunConfig, Yaml12Loader, did_you_mean
 from altgrad.training.tokenizer import GPT2_VOCAB_SIZE
 
 __all__ = [
@@ -339,7 +339,7 @@ def load_experiment_files(paths: Sequence[str | Path]) -> dict[str, Any]:
     for path in paths:
         path = Path(path)
         try:
-            data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+            data = yaml.load(path.read_text(), Loader=Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
         except OSError as e:
             raise ExperimentError([f"cannot read the file: {e.strerror or e}"], str(path)) from None
         except yaml.YAMLError as e:
@@ -374,7 +374,7 @@ def _schema_problems(config: Mapping[str, Any], schema_path: str | Path) -> list
             extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
             valid = ", ".join(err.schema.get("properties", {}))
             for key in extra:
-                hint = _did_you_mean(key, err.schema.get("properties", {})) or f"; valid keys: {valid}"
+                hint = did_you_mean(key, err.schema.get("properties", {})) or f"; valid keys: {valid}"
                 out.append(f"{_join(where, key)}: unknown key{hint}")
             continue
         out.append(f"{where or '<top level>'}: {msg}")
@@ -564,7 +564,7 @@ def load_experiment(
         if fmt in FORMAT_NAMES or fmt in recipes:
             return fmt not in bad_recipes  # a broken recipe is reported once, under recipes
         problems.append(
-            f"{where}: unknown format {fmt!r}{_did_you_mean(fmt, valid_formats)}; valid: "
+            f"{where}: unknown format {fmt!r}{did_you_mean(fmt, valid_formats)}; valid: "
             + ", ".join(valid_formats)
         )
         return False
@@ -574,7 +574,7 @@ def load_experiment(
             return _OPTIMIZER_ALIASES[opt]
         if schema is None:  # otherwise the schema's enum reports it
             problems.append(
-                f"{where}: unknown optimizer {opt!r}{_did_you_mean(str(opt), _OPTIMIZER_ALIASES)}; valid: "
+                f"{where}: unknown optimizer {opt!r}{did_you_mean(str(opt), _OPTIMIZER_ALIASES)}; valid: "
                 + ", ".join(_OPTIMIZER_ALIASES)
             )
         return None

@@ -1,16 +1,51 @@
-"""Precision recipes (which format each operand of a matmul uses) and per-layer rules."""
+"""Precision recipes (which format each operand of a matmul uses) and per-layer rules.
+
+:class:`PrecisionRecipe` declares its settings once, for two readers: its own checks
+(``__post_init__``) and the run config (altgrad.training.config.PrecisionConfig is a
+PrecisionRecipe with narrower operands and per-layer rules), whose validator reads the same
+types, bounds (field metadata ``bounds``) and documentation (field metadata ``doc``).
+"""
 
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, fields
+import functools
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 import torch
 
 from altgrad.quantization import SCALING_KINDS, FloatFormat, get_format, make_scaling
 
 OPERANDS = ("weight", "activation", "gradient")
-ROUNDINGS = ("nearest", "stochastic")
+ScalingKind = Literal[SCALING_KINDS]  # type: ignore[valid-type]
+AmaxAlgo = Literal["max", "most_recent"]
+Rounding = Literal["nearest", "stochastic"]
+_OPS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+        "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def setting(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, lt: float | None = None) -> Any:
+    """A dataclass field with its documentation and the numeric bounds validation enforces."""
+    bounds = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt).items() if v is not None}
+    return field(default=default, metadata={"bounds": bounds, "doc": doc})
+
+
+def bound_problems(name: str, value: Any, bounds: dict[str, float]) -> list[str]:
+    """``["must be >= 1, got 0"]``: what ``value`` breaks of ``bounds`` (``{"ge": 1}``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return []
+    return [f"must be {_OPS[op][0]} {limit:g}, got {value!r}" for op, limit in bounds.items()
+            if not _OPS[op][1](value, limit)]
+
+
+@functools.cache
+def _choices(cls: type) -> dict[str, tuple[Any, ...]]:
+    """Field name -> the values its Literal type allows."""
+    return {name: typing.get_args(tp) for name, tp in typing.get_type_hints(cls).items()
+            if typing.get_origin(tp) is Literal}
 
 
 @dataclass(frozen=True)
@@ -29,43 +64,39 @@ class PrecisionRecipe:
     one grid step still survive in expectation).
     """
 
-    weight: str | FloatFormat | None = None
-    activation: str | FloatFormat | None = None
-    gradient: str | FloatFormat | None = None
-    scaling: str = "delayed"
-    amax_history: int = 16
-    amax_algo: str = "max"
-    margin: int = 0
-    pow2_scales: bool = True
-    rounding: str = "nearest"
-    grad_rounding: str = "stochastic"
-    scale_block: int = 32
+    weight: str | FloatFormat | None = setting(None, "weight format (null: not quantized)")
+    activation: str | FloatFormat | None = setting(None, "activation (input) format (null: not quantized)")
+    gradient: str | FloatFormat | None = setting(None, "format of the gradient into the layer's output")
+    scaling: ScalingKind = setting("delayed", "amax scaling: delayed, current, block or none")
+    amax_history: int = setting(16, "delayed amax scaling: steps of amax history", ge=1)
+    amax_algo: AmaxAlgo = setting("max", "delayed amax scaling: the history's max or its most recent amax")
+    margin: int = setting(0, "scale headroom, in powers of two", ge=0)
+    pow2_scales: bool = setting(True, "power-of-two scales (they multiply exactly in float32)")
+    scale_block: int = setting(32, "elements per scale when scaling = block", ge=1)
+    rounding: Rounding = setting("nearest", "rounding of weights and activations")
+    grad_rounding: Rounding = setting("stochastic", "rounding of gradients (stochastic: unbiased, so tiny updates "
+                                                    "survive)")
 
     def __post_init__(self) -> None:
         for operand in OPERANDS:
             name = getattr(self, operand)
             if name is not None:
                 get_format(name)  # raises with the list of valid formats
-        for field_name, value, valid in (
-            ("scaling", self.scaling, SCALING_KINDS),
-            ("amax_algo", self.amax_algo, ("max", "most_recent")),
-            ("rounding", self.rounding, ROUNDINGS),
-            ("grad_rounding", self.grad_rounding, ROUNDINGS),
-        ):
-            if value not in valid:
-                raise ValueError(f"{field_name} must be one of {', '.join(valid)}; got {value!r}")
-        for field_name, low in (("amax_history", 1), ("margin", 0), ("scale_block", 1)):
-            if getattr(self, field_name) < low:
-                raise ValueError(f"{field_name} must be >= {low}; got {getattr(self, field_name)}")
+        choices = _choices(type(self))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name not in OPERANDS and f.name in choices and value not in choices[f.name]:
+                raise ValueError(f"{f.name} must be one of {', '.join(choices[f.name])}; got {value!r}")
+            for problem in bound_problems(f.name, value, f.metadata.get("bounds", {})):
+                raise ValueError(f"{f.name} {problem}")
 
     @classmethod
-    def from_config(cls, precision, recipe_override=None) -> PrecisionRecipe:
-        """From a `PrecisionConfig`; a rule's `Recipe` replaces the formats it sets (non-null).
-
-        Duck-typed on the field names so that altgrad.nn does not import altgrad.training.
-        """
+    def from_config(cls, precision: PrecisionRecipe, formats: Any = None) -> PrecisionRecipe:
+        """The recipe part of a run's precision config (a subclass with per-layer rules); a
+        rule's ``formats`` (anything with weight/activation/gradient) replaces the formats it
+        sets (non-null)."""
         def operand_format(operand):
-            override = getattr(recipe_override, operand, None)
+            override = getattr(formats, operand, None)
             return getattr(precision, operand) if override is None else override
 
         shared = {f.name: getattr(precision, f.name) for f in fields(cls) if f.name not in OPERANDS}
@@ -95,7 +126,7 @@ class PrecisionRecipe:
 
 
 @dataclass(frozen=True)
-class PrecisionRule:
+class LayerRule:
     """Linear layers whose qualified module name matches `pattern` get `recipe`.
 
     `recipe=None` keeps the matching layers in high precision. `pattern` is an fnmatch

@@ -12,7 +12,7 @@ import torch.nn as nn
 from altgrad.quantization import FloatFormat, QuantStats
 
 from .linear import QuantizedLinear
-from .recipe import PrecisionRecipe, PrecisionRule
+from .recipe import LayerRule, PrecisionRecipe
 
 _COUNTS = tuple(f for f in QuantStats.FIELDS if f != "total")
 
@@ -83,7 +83,7 @@ def _decide(name, recipe, rules, skip_lm_head, won) -> LayerPrecision:
 def quantize_model(
     model: nn.Module,
     recipe: PrecisionRecipe | None = None,
-    rules: Iterable[PrecisionRule] = (),
+    rules: Iterable[LayerRule] = (),
     skip_lm_head: bool = True,
     seed: int = 0,
 ) -> QuantizationReport:
@@ -91,7 +91,7 @@ def quantize_model(
 
     Each linear layer, by qualified module name: a module named `lm_head` (tied to the
     token embedding in the GPT) stays as it is when `skip_lm_head`; otherwise the rules
-    are tried in order and the first whose pattern matches decides (see `PrecisionRule`
+    are tried in order and the first whose pattern matches decides (see `LayerRule`
     for the glob syntax; recipe None = high precision); with no match, `recipe` applies
     (None = high precision). Layers whose recipe quantizes nothing (every operand None) are
     left untouched; an all-bf16 recipe is the baseline and does quantize, to bfloat16. A

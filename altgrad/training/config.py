@@ -12,7 +12,9 @@ lists what it changes:
         - {pattern: "*.attn.c_attn", recipe: {weight: e5m2}}
         - {pattern: "*.mlp.c_proj", recipe: null}
 
-Validation is one mechanism driven by the dataclasses themselves: ``_build`` walks
+Each field is declared once with its default, bounds and documentation (field metadata,
+altgrad.nn.recipe.setting; config/README.md is generated from it). Validation is one
+mechanism driven by the dataclasses themselves: ``_build`` walks
 the fields and their type hints (bool, int, float, str, Literal choices, Optional,
 tuples of dataclasses, nested dataclasses), applies the numeric bounds stored in the
 field metadata, and then each dataclass's ``_problems`` method for checks that span
@@ -42,13 +44,13 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from altgrad.errors import AltgradError
+from altgrad.nn.recipe import PrecisionRecipe, Rounding, bound_problems, setting
 from altgrad.optim import DEFAULT_MIN_STIFFNESS
 from altgrad.quantization import FORMAT_NAMES
 from altgrad.training.model import GPTConfig
 
-# A number format's registry name; "bf16" means "not quantized".
+# A number format's registry name ("bf16": the baseline, rounded to bfloat16).
 Format = Literal[FORMAT_NAMES]  # type: ignore[valid-type]
-Rounding = Literal["nearest", "stochastic"]
 
 
 class ConfigError(AltgradError):
@@ -63,13 +65,6 @@ class ConfigError(AltgradError):
         super().__init__("\n".join(lines))
 
 
-def _f(default: Any, *, ge: float | None = None, gt: float | None = None,
-       le: float | None = None, lt: float | None = None) -> Any:
-    """A dataclass field with numeric bounds that validation enforces."""
-    bounds = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt).items() if v is not None}
-    return field(default=default, metadata={"bounds": bounds})
-
-
 # --------------------------------------------------------------------------- sections
 
 
@@ -77,22 +72,22 @@ def _f(default: Any, *, ge: float | None = None, gt: float | None = None,
 class DataConfig:
     """Where the tokenized corpus is (paths as written; relative to the working dir)."""
 
-    train_bin: str = "data/eurlex-sample/train.bin"
-    val_bin: str = "data/eurlex-sample/val.bin"
-    meta: str = "data/eurlex-sample/meta.json"
+    train_bin: str = setting("data/eurlex-sample/train.bin", "training tokens (uint16)")
+    val_bin: str = setting("data/eurlex-sample/val.bin", "validation tokens (uint16)")
+    meta: str = setting("data/eurlex-sample/meta.json", "the prepared corpus's meta.json")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """The GPT's shape (fields of ``GPTConfig``); vocab_size null = take it from meta.json."""
 
-    n_layer: int = _f(4, ge=1)
-    n_head: int = _f(4, ge=1)
-    n_embd: int = _f(128, ge=1)
-    block_size: int = _f(128, ge=1)
-    vocab_size: int | None = _f(None, ge=1)
-    dropout: float = _f(0.0, ge=0, lt=1)
-    bias: bool = False
+    n_layer: int = setting(4, "transformer blocks", ge=1)
+    n_head: int = setting(4, "attention heads (must divide n_embd)", ge=1)
+    n_embd: int = setting(128, "width", ge=1)
+    block_size: int = setting(128, "context length in tokens", ge=1)
+    vocab_size: int | None = setting(None, "null = the corpus's (meta.json); may be larger, not smaller", ge=1)
+    dropout: float = setting(0.0, "dropout probability", ge=0, lt=1)
+    bias: bool = setting(False, "biases in linear layers and layer norms")
 
     def _problems(self) -> list[tuple[str, str]]:
         if self.n_embd % self.n_head:
@@ -123,32 +118,33 @@ class ModelConfig:
 class TrainConfig:
     """The training loop. Intervals and patiences are in optimizer steps; 0 = off where noted."""
 
-    seed: int = _f(42, ge=0)  # model init
-    data_seed: int = _f(1337, ge=0)  # batch order, independent of the init
-    max_steps: int = _f(500, ge=1)
-    batch_size: int = _f(16, ge=1)  # sequences per micro-batch
-    grad_accum: int = _f(1, ge=1)  # micro-batches per optimizer step
-    lr: float = _f(1e-3, gt=0)
-    min_lr: float = _f(1e-4, ge=0)  # floor of the cosine schedule
-    warmup_steps: int = _f(50, ge=0)
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
-    weight_decay: float = _f(0.1, ge=0)
-    beta1: float = _f(0.9, ge=0, lt=1)
-    beta2: float = _f(0.95, ge=0, lt=1)
-    grad_clip: float = _f(1.0, ge=0)  # max global grad norm; 0 = off
-    eval_interval: int = _f(100, ge=1)
-    eval_batches: int = _f(20, ge=1)
-    shadow_interval: int = _f(0, ge=0)  # 0 = off, 1 = every step
-    checkpoint_interval: int = _f(100, ge=1)
-    keep_checkpoints: int = _f(2, ge=1)
-    nan_patience: int = _f(10, ge=1)  # consecutive non-finite losses -> diverged
-    divergence_patience: int = _f(100, ge=0)  # 0 = off
-    divergence_factor: float = _f(2.0, gt=1)  # loss > factor * best loss counts as diverging
-    dead_grad_steps: int = _f(20, ge=1)  # a weight's grad zero this many steps in a row = dead
-    rank_interval: int = _f(100, ge=0)  # 0 = off
-    device: Literal["cpu", "cuda", "auto"] = "auto"
-    autocast: bool = False  # bf16 autocast where supported
-    compile: bool = False  # torch.compile
+    seed: int = setting(42, "model init (an experiment sets it from the run's seed)", ge=0)
+    data_seed: int = setting(1337, "batch order, independent of the init (an experiment: 1000 + seed)", ge=0)
+    max_steps: int = setting(500, "optimizer steps", ge=1)
+    batch_size: int = setting(16, "sequences per micro-batch", ge=1)
+    grad_accum: int = setting(1, "micro-batches per optimizer step", ge=1)
+    lr: float = setting(1e-3, "peak learning rate (every optimizer of every arm)", gt=0)
+    min_lr: float = setting(1e-4, "floor of the cosine schedule (<= lr)", ge=0)
+    warmup_steps: int = setting(50, "linear warm-up steps (<= max_steps)", ge=0)
+    lr_schedule: Literal["cosine", "constant"] = setting("cosine", "cosine decay to min_lr, or constant")
+    weight_decay: float = setting(0.1, "decoupled, in real units", ge=0)
+    beta1: float = setting(0.9, "first-moment EMA rate", ge=0, lt=1)
+    beta2: float = setting(0.95, "second-moment EMA rate", ge=0, lt=1)
+    grad_clip: float = setting(1.0, "max global grad norm; 0 = off", ge=0)
+    eval_interval: int = setting(100, "steps between held-out evaluations (and at the last step)", ge=1)
+    eval_batches: int = setting(20, "batches per evaluation", ge=1)
+    shadow_interval: int = setting(0, "steps between FP32 shadow-gradient cosines; 0 = off, 1 = every step", ge=0)
+    checkpoint_interval: int = setting(100, "steps between checkpoints", ge=1)
+    keep_checkpoints: int = setting(2, "periodic checkpoints kept (besides best.pt)", ge=1)
+    nan_patience: int = setting(10, "consecutive non-finite losses -> diverged", ge=1)
+    divergence_patience: int = setting(100, "steps of loss above divergence_factor x best before an event; 0 = off",
+                                       ge=0)
+    divergence_factor: float = setting(2.0, "loss > factor x best loss counts as diverging", gt=1)
+    dead_grad_steps: int = setting(20, "a weight's gradient zero this many steps in a row counts as dead", ge=1)
+    rank_interval: int = setting(100, "steps between effective-rank probes; 0 = off", ge=0)
+    device: Literal["cpu", "cuda", "auto"] = setting("auto", "auto = cuda when visible, else cpu")
+    autocast: bool = setting(False, "bf16 autocast (CUDA only)")
+    compile: bool = setting(False, "torch.compile the model (and fuse GridOptim's move)")
 
     def _problems(self) -> list[tuple[str, str]]:
         out = []
@@ -160,12 +156,12 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """A per-layer override of the formats; a null field keeps the global setting."""
+class OperandFormats:
+    """A layer rule's formats: each replaces the run's for that operand; null keeps the run's."""
 
-    weight: Format | None = None
-    activation: Format | None = None
-    gradient: Format | None = None
+    weight: Format | None = setting(None, "weight format (null: the run's)")
+    activation: Format | None = setting(None, "activation format (null: the run's)")
+    gradient: Format | None = setting(None, "gradient format (null: the run's)")
 
     def _problems(self) -> list[tuple[str, str]]:
         if self.weight is None and self.activation is None and self.gradient is None:
@@ -175,31 +171,27 @@ class Recipe:
 
 
 @dataclass(frozen=True)
-class Rule:
-    """Layers whose module name matches ``pattern`` (as interpreted by altgrad.nn) get
-    ``recipe``; ``recipe: null`` keeps them unquantized. Both keys are required."""
+class LayerRuleConfig:
+    """A layer rule as a config writes it (altgrad.nn.LayerRule once resolved): layers whose
+    module name matches ``pattern`` get the run's recipe with ``recipe``'s formats;
+    ``recipe: null`` keeps them unquantized. Both keys are required."""
 
-    pattern: str
-    recipe: Recipe | None
+    pattern: str = field(metadata={"doc": "fnmatch glob over module names, e.g. *.attn.c_attn"})
+    recipe: OperandFormats | None = field(metadata={"doc": "{weight, activation, gradient}, or null: unquantized"})
 
 
 @dataclass(frozen=True)
-class PrecisionConfig:
-    """The precision recipe: formats for weights, activations and gradients, and scaling."""
+class PrecisionConfig(PrecisionRecipe):
+    """A run's precision: altgrad.nn's PrecisionRecipe (its settings declared there, once)
+    for every linear layer, with each operand a registry format (bf16 = the baseline,
+    rounded to bfloat16), per-layer rules and the lm_head exception."""
 
-    weight: Format = "bf16"
-    activation: Format = "bf16"
-    gradient: Format = "bf16"
-    scaling: Literal["delayed", "current", "block", "none"] = "delayed"
-    amax_history: int = _f(16, ge=1)  # delayed scaling: steps of amax history
-    amax_algo: Literal["max", "most_recent"] = "max"
-    margin: int = _f(0, ge=0)  # scale headroom, in powers of two
-    pow2_scales: bool = True  # power-of-two scales multiply exactly in float32
-    scale_block: int = _f(32, ge=1)  # elements per scale when scaling = block
-    rounding: Rounding = "nearest"  # weights and activations
-    grad_rounding: Rounding = "stochastic"  # gradients: unbiased, so tiny updates survive
-    rules: tuple[Rule, ...] = ()
-    skip_lm_head: bool = True
+    # the operands narrowed to registry names, defaulting to the baseline
+    weight: Format = setting("bf16", "weight format")
+    activation: Format = setting("bf16", "activation (input) format")
+    gradient: Format = setting("bf16", "format of the gradient into each layer's output")
+    rules: tuple[LayerRuleConfig, ...] = setting((), "per-layer rules, tried in order; the first match wins")
+    skip_lm_head: bool = setting(True, "keep the lm_head (tied to the token embedding) unquantized")
 
 
 @dataclass(frozen=True)
@@ -210,38 +202,41 @@ class OptimizerConfig:
     units, decoupled); ungridded parameters are AdamW's in every arm (altgrad.optim.build_optimizer).
     """
 
-    name: Literal["adamw", "manifold_adamw", "grid"] = "adamw"
-    master_weights: Literal["fp32", "grid"] = "fp32"
-    # manifold_adamw: null = calibrated (each quantized weight's RMS step equals AdamW's at
-    # step 0); a number = that many ULPs per step at the schedule's peak (uncalibrated)
-    ulp_lr: float | None = _f(None, gt=0)
-    # grid: null = calibrated likewise; a number = the real-unit lr of the bias-corrected
-    # momentum at the schedule's peak (uncalibrated)
-    grid_lr: float | None = _f(None, gt=0)
-    max_stiffness: float = _f(0.0, ge=0)  # cap on the ULP scaling (real units); 0 = no cap
-    # floor on the ULP scaling, a fraction of the weight's RMS grid spacing at its first step;
-    # 0 = no floor (the default's measurement: altgrad.optim.manifold.DEFAULT_MIN_STIFFNESS)
-    min_stiffness: float = _f(DEFAULT_MIN_STIFFNESS, ge=0)
-    rung_clip: float = _f(0.0, ge=0)  # max grid rungs moved per step; 0 = no clip
-    grid_rounding: Rounding = "stochastic"
-    momentum: float | None = _f(None, ge=0, lt=1)  # grid optimizer's EMA rate; null = train.beta1
-    partition_clip: bool = False
-    partition_clip_threshold: float = _f(1.0, gt=0)
-    mantissa_shift: bool = False
-    mantissa_shift_threshold: float = _f(1.0, gt=0)  # stall ratio that counts as a bad step
-    mantissa_shift_patience: int = _f(10, ge=1)  # bad steps in a row before a layer shifts
+    name: Literal["adamw", "manifold_adamw", "grid"] = setting("adamw", "adamw, manifold_adamw or grid")
+    master_weights: Literal["fp32", "grid"] = setting("fp32", "fp32: a float32 copy; grid: weights live on the grid")
+    ulp_lr: float | None = setting(
+        None, "manifold_adamw: null = calibrated (each quantized weight's RMS step equals AdamW's at step 0); "
+        "a number = that many ULPs per step at the schedule's peak (uncalibrated)", gt=0)
+    grid_lr: float | None = setting(
+        None, "grid: null = calibrated likewise; a number = the real-unit lr of the bias-corrected momentum at "
+        "the schedule's peak (uncalibrated)", gt=0)
+    max_stiffness: float = setting(0.0, "cap on the ULP scaling (real units); 0 = no cap", ge=0)
+    # the default is measured: altgrad.optim.manifold.DEFAULT_MIN_STIFFNESS says how
+    min_stiffness: float = setting(
+        DEFAULT_MIN_STIFFNESS, "floor on the ULP scaling, a fraction of the weight's RMS grid spacing at its "
+        "first step (steps near zero keep a floor); 0 = no floor", ge=0)
+    rung_clip: float = setting(0.0, "grid: max grid rungs moved per step; 0 = no clip", ge=0)
+    grid_rounding: Rounding = setting("stochastic", "master_weights grid: rounding onto the grid")
+    momentum: float | None = setting(None, "grid: EMA rate of the momentum; null = train.beta1", ge=0, lt=1)
+    partition_clip: bool = setting(False, "clip each gridded weight's gradient to RMS <= threshold x the largest "
+                                          "weight its grid holds (real units), before the global clip")
+    partition_clip_threshold: float = setting(1.0, "partition_clip's threshold", gt=0)
+    mantissa_shift: bool = setting(False, "move a layer that keeps stalling to the format with one more mantissa "
+                                          "bit (one rung of altgrad.optim.MANTISSA_LADDER)")
+    mantissa_shift_threshold: float = setting(1.0, "stall ratio that counts as a bad step", gt=0)
+    mantissa_shift_patience: int = setting(10, "bad steps in a row before a layer shifts", ge=1)
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
     """Weights & Biases mirroring and alert thresholds (metrics always go to parquet)."""
 
-    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
-    project: str = "altgrad"
-    run_name: str | None = None  # null = the run id
-    alert_stall: float = _f(0.5, ge=0, le=1)  # fraction of stalled weights
-    alert_overflow: float = _f(0.01, ge=0, le=1)  # fraction of saturated values
-    alert_cooldown: int = _f(100, ge=0)  # steps between repeats of one alert
+    wandb_mode: Literal["offline", "online", "disabled"] = setting("offline", "offline, online or disabled")
+    project: str = setting("altgrad", "W&B project")
+    run_name: str | None = setting(None, "W&B run name; null = the run id")
+    alert_stall: float = setting(0.5, "alert above this fraction of stalled weights", ge=0, le=1)
+    alert_overflow: float = setting(0.01, "alert above this fraction of saturated values", ge=0, le=1)
+    alert_cooldown: int = setting(100, "steps between repeats of one alert", ge=0)
 
 
 @dataclass(frozen=True)
@@ -272,7 +267,7 @@ class RunConfig:
         except OSError as e:
             raise ConfigError([f"cannot read the file: {e.strerror or e}"], str(path)) from None
         try:
-            d = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+            d = yaml.load(text, Loader=Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as e:
             raise ConfigError([f"not valid YAML: {e}"], str(path)) from None
         return cls.from_dict(d, source=str(path))
@@ -335,7 +330,7 @@ def _build(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
         msg = f"unknown value {value!r}; valid: {', '.join(map(str, args))}"
         if not isinstance(value, str):
             msg = f"expected one of {', '.join(map(str, args))}; got {_show(value)}"
-        return bad(msg + _did_you_mean(value, args))
+        return bad(msg + did_you_mean(value, args))
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             return bad(f"expected a list, got {_show(value)}")
@@ -382,13 +377,7 @@ def _build_dataclass(cls: type, value: Any, path: str, problems: list[str]) -> A
         v = _build(hints[name], value[name], prefix + name, problems)
         if v is _BAD:
             continue
-        bounds = f.metadata.get("bounds", {})
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            for op, limit in bounds.items():
-                ok = {"ge": v >= limit, "gt": v > limit, "le": v <= limit, "lt": v < limit}[op]
-                if not ok:
-                    word = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}[op]
-                    problems.append(f"{prefix}{name}: must be {word} {limit:g}, got {v!r}")
+        problems.extend(f"{prefix}{name}: {p}" for p in bound_problems(name, v, f.metadata.get("bounds", {})))
         kwargs[name] = v
 
     if len(problems) > n_before:
@@ -420,7 +409,8 @@ def _show(value: Any) -> str:
     return f"{kind} {value!r}" if not isinstance(value, (dict, list)) else kind
 
 
-def _did_you_mean(word: Any, choices: typing.Iterable[str]) -> str:
+def did_you_mean(word: Any, choices: typing.Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""``."""
     if not isinstance(word, str):
         return ""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
@@ -428,7 +418,7 @@ def _did_you_mean(word: Any, choices: typing.Iterable[str]) -> str:
 
 
 def _unknown_key_hint(key: Any, cls: type, fields: Mapping[str, Any]) -> str:
-    hint = _did_you_mean(key, fields)
+    hint = did_you_mean(key, fields)
     if hint:
         return hint
     if cls is RunConfig:  # a section's key given without its section?
@@ -439,7 +429,7 @@ def _unknown_key_hint(key: Any, cls: type, fields: Mapping[str, Any]) -> str:
     return f"; valid keys: {', '.join(fields)}"
 
 
-class _Loader(yaml.SafeLoader):
+class Yaml12Loader(yaml.SafeLoader):
     """SafeLoader that reads 1e-3 as a float (YAML 1.2) and rejects duplicate keys."""
 
     def construct_mapping(self, node, deep=False):  # type: ignore[override]
@@ -454,7 +444,7 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-_Loader.add_implicit_resolver(
+Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
@@ -464,12 +454,14 @@ _Loader.add_implicit_resolver(
 __all__ = [
     "ConfigError",
     "DataConfig",
+    "Yaml12Loader",
+    "did_you_mean",
     "FORMAT_NAMES",
     "ModelConfig",
     "OptimizerConfig",
     "PrecisionConfig",
-    "Recipe",
-    "Rule",
+    "LayerRuleConfig",
+    "OperandFormats",
     "RunConfig",
     "TrackingConfig",
     "TrainConfig",

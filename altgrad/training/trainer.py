@@ -31,8 +31,8 @@ import torch
 from altgrad.errors import AltgradError
 from altgrad.files import atomic_open, atomic_write
 from altgrad.nn import (
+    LayerRule,
     PrecisionRecipe,
-    PrecisionRule,
     collect_telemetry,
     quantize_model,
     quantized_layers,
@@ -140,7 +140,7 @@ class Trainer:
         self.model = GPT(gpt_cfg).to(self.device)
         self.shadow = GPT(gpt_cfg).to(self.device) if tc.shadow_interval else None
         recipe = PrecisionRecipe.from_config(cfg.precision)
-        rules = [PrecisionRule(r.pattern, None if r.recipe is None else PrecisionRecipe.from_config(cfg.precision, r.recipe))
+        rules = [LayerRule(r.pattern, None if r.recipe is None else PrecisionRecipe.from_config(cfg.precision, r.recipe))
                  for r in cfg.precision.rules]
         self.quant_report = quantize_model(self.model, recipe=recipe, rules=rules,
                                            skip_lm_head=cfg.precision.skip_lm_head, seed=tc.seed)
