@@ -141,10 +141,29 @@ def test_mantissa_shift_moves_a_stalled_layer_and_resumes(corpus, tmp_path):
 def test_a_changed_config_starts_over_and_keeps_the_old_state(corpus, tmp_path):
     train(tiny_config(corpus, **{"train.max_steps": 6}), tmp_path / "run", progress=False)
     changed = tiny_config(corpus, **{"train.max_steps": 6, "train.lr": 1e-3})
-    with pytest.warns(UserWarning, match="starting from step 0"):
+    with pytest.warns(UserWarning, match="saved under another config.*starting from step 0"):
         summary = train(changed, tmp_path / "run", progress=False)
     assert summary["steps"] == 6
-    assert len(list(tmp_path.glob("run/checkpoints.*/step-*.pt"))) >= 1
+    assert len(list(tmp_path.glob("run/checkpoints.stale-1/step-*.pt"))) >= 1
+
+
+def test_state_from_another_corpus_is_moved_aside_every_time_and_never_deleted(tmp_path):
+    """The trainer's one staleness policy (config, library code, corpus), for `altgrad train`
+    and the pipeline alike: a re-prepared corpus makes the saved state stale."""
+    data = tmp_path / "data"
+    prepare("eurlex-sample", data, compact_vocab=True, progress=False)
+    cfg = tiny_config(data, **{"train.max_steps": 6})
+    train(cfg, tmp_path / "run", progress=False)
+    first = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+
+    prepare("eurlex-sample", data, seed=1, compact_vocab=True, progress=False)  # same paths, other tokens
+    with pytest.warns(UserWarning, match="saved under another corpus"):
+        train(cfg, tmp_path / "run", progress=False)
+    with pytest.warns(UserWarning, match="saved under another config"):
+        train(tiny_config(data, **{"train.max_steps": 6, "train.lr": 1e-3}), tmp_path / "run", progress=False)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints.stale-1").iterdir()) == first
+    assert list((tmp_path / "run" / "checkpoints.stale-2").glob("step-*.pt"))
+    assert Trainer(tiny_config(data, **{"train.max_steps": 6, "train.lr": 1e-3}), tmp_path / "run").resume()
 
 
 @pytest.mark.parametrize("optimizer, master", [("manifold_adamw", "fp32"), ("grid", "fp32"), ("adamw", "grid"),

@@ -39,7 +39,6 @@ duplicate ids, block size vs. the prepared corpus) into one :class:`ExperimentEr
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import re
@@ -72,6 +71,7 @@ from altgrad.analysis.scaling_study import (
 from altgrad.errors import AltgradError
 from altgrad.quantization import FORMAT_NAMES, equivalence_classes
 from altgrad.training.config import ConfigError, RunConfig, Yaml12Loader, did_you_mean
+from altgrad.training.provenance import LIBRARY_PACKAGES, library_hash
 from altgrad.training.tokenizer import GPT2_VOCAB_SIZE
 
 __all__ = [
@@ -93,7 +93,6 @@ _OPTIMIZER_ALIASES = {**{k: k for k in OPTIMIZER_SHORT}, "manifold": "manifold_a
 MASTER_WEIGHTS = ("fp32", "grid")
 RUNTIME_FACTOR = 10.0  # train rule's runtime = RUNTIME_FACTOR x the budget estimate + 30 min
 SEED_DATA_OFFSET = 1000  # train.data_seed = SEED_DATA_OFFSET + seed
-LIBRARY_PACKAGES = ("quantization", "nn", "optim", "training")  # what a run's results depend on
 _CORPUS_NAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*$")
 
 
@@ -792,24 +791,3 @@ def _unique(items: list[str]) -> list[str]:
             seen.add(p)
             out.append(p)
     return out
-
-
-# --------------------------------------------------------------------------- code hash
-
-
-def library_hash(packages: Sequence[str] = LIBRARY_PACKAGES, root: str | Path | None = None) -> str:
-    """sha256 (first 16 hex) over the source of the altgrad packages a run depends on.
-
-    It goes into the train rule's params: Snakemake does not track files inside the
-    package, so a changed quantizer or optimizer would otherwise not rerun the runs.
-    ``root``: the package directory (default: the imported altgrad's).
-    """
-    import altgrad
-
-    root = Path(altgrad.__file__).parent if root is None else Path(root)
-    h = hashlib.sha256()
-    for pkg in packages:
-        for path in sorted((root / pkg).rglob("*.py")):
-            rel = path.relative_to(root).as_posix()
-            h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()[:16]

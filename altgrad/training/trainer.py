@@ -11,6 +11,12 @@
 
 Resume is exact: a run killed at any point and restarted from its checkpoint produces the
 same rows (timing columns aside) and the same final weights as an uninterrupted run.
+
+Staleness, one policy for `altgrad train` and the pipeline: a checkpoint is resumed only
+when it was saved under the run's config, the same library code and the same corpus
+(altgrad.training.provenance.run_provenance). Otherwise the whole checkpoints directory is
+moved aside to ``checkpoints.stale-N`` (never deleted: it took compute to make) and the run
+starts from step 0.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from altgrad.training.config import RunConfig
 from altgrad.training.data import BatchSampler, TokenBin, eval_batches, load_meta
 from altgrad.training.flops import ModelShape, flops_per_token, param_counts
 from altgrad.training.model import GPT
+from altgrad.training.provenance import run_provenance
 from altgrad.training.tracking import Tracker
 
 TIMING_COLUMNS = ("tokens_per_s", "step_time_s")  # the only columns that differ on resume
@@ -134,6 +141,7 @@ class Trainer:
         self.val_bin = TokenBin(cfg.data.val_bin, vocab, cfg.model.block_size)
         self.sampler = BatchSampler(self.train_bin, tc.batch_size, cfg.model.block_size, seed=tc.data_seed, device=self.device)
         self.meta = meta
+        self.provenance = run_provenance(cfg.config_hash(), meta)  # what a resumable state must match
 
         torch.manual_seed(tc.seed)
         gpt_cfg = cfg.model.gpt_config(int(meta["vocab_size"]))
@@ -205,7 +213,7 @@ class Trainer:
                 "nan_checkpointed": self.nan_checkpointed, "rising": self.rising, "last_alert": self.last_alert,
                 "elapsed": self.elapsed, "events": [json.dumps(e) for e in self.events],
                 "tracker_id": self.tracker_id or "",
-                "config_hash": self.cfg.config_hash(),
+                "provenance": self.provenance,
             },
         }
 
@@ -234,16 +242,16 @@ class Trainer:
         self.store.save(self.state_dict(), self.step, best=best)
 
     def resume(self) -> bool:
+        """Load the newest checkpoint if it belongs to this run; move a stale one aside."""
         state = self.store.load_latest(self.device)
         if state is None:
             return False
-        saved_hash = state["trainer"]["config_hash"]
-        if saved_hash != self.cfg.config_hash():
-            # The run's config changed (e.g. Snakemake reruns it with a new lr): start over, but
-            # keep the old state beside, never delete it.
-            stale = self.store.directory.with_name(f"checkpoints.{saved_hash}")
-            os.replace(self.store.directory, stale)
-            warnings.warn(f"{self.store.directory} belonged to config {saved_hash}, not {self.cfg.config_hash()}; "
+        saved = state["trainer"].get("provenance", {})
+        changed = [what for what, now in self.provenance.items() if saved.get(what) != now]
+        if changed:
+            stale = self._move_aside()
+            warnings.warn(f"{self.store.directory} was saved under another {' and '.join(changed)} "
+                          f"({', '.join(f'{k} {saved.get(k)} -> {self.provenance[k]}' for k in changed)}); "
                           f"moved to {stale} and starting from step 0")
             return False
         self.load_state_dict(state)
@@ -254,6 +262,14 @@ class Trainer:
             raise AltgradError(f"{partial} holds {len(self.rows)} rows for checkpoint step {self.step}; "
                                f"remove {self.out / 'checkpoints'} to restart the run from scratch")
         return True
+
+    def _move_aside(self) -> Path:
+        """Rename the checkpoints directory to the first free ``checkpoints.stale-N``."""
+        n = 1
+        while (stale := self.store.directory.with_name(f"checkpoints.stale-{n}")).exists():
+            n += 1
+        os.replace(self.store.directory, stale)
+        return stale
 
     # --- one step -------------------------------------------------------------------------
     def _micro_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
