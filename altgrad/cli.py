@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from altgrad import __version__
 from altgrad.errors import AltgradError
+from altgrad.experiment.config import default
 
 PROG = "altgrad"
 EXIT_USAGE = 2
@@ -61,10 +62,10 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--val-fraction",
         type=float,
-        default=0.1,
-        help="share of documents for validation (default: 0.1)",
+        default=default("corpus", "val_fraction"),
+        help="share of documents for validation (default: %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0, help="split seed (default: 0)")
+    p.add_argument("--seed", type=int, default=default("corpus", "seed"), help="split seed (default: %(default)s)")
     p.add_argument(
         "--compact-vocab",
         action="store_true",
@@ -112,10 +113,20 @@ def _run_prepare(args: argparse.Namespace) -> None:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train one run (resumes from OUT/checkpoints if present)",
-        description="Train one run from a run config; writes OUT/steps.parquet and OUT/summary.json.",
+        help="train one run (resumes from OUT/checkpoints when they belong to it)",
+        description=(
+            "Train one run from a run config; writes OUT/steps.parquet and OUT/summary.json. It resumes "
+            "from OUT/checkpoints when they were saved under the same config, library code and corpus; "
+            "otherwise they are moved aside (never deleted) and the run starts over."
+        ),
     )
-    p.add_argument("--config", required=True, help="run config YAML")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="run config YAML")
+    src.add_argument("--config-lines", nargs="+", metavar="LINE",
+                     help="the run config as YAML lines (the pipeline passes one per section); written to "
+                          "OUT/config.yaml, which the run is then trained from")
+    p.add_argument("--labels", default=None, metavar="JSON",
+                   help="what identifies the run in tables (the pipeline's run.json); written to OUT/run.json")
     p.add_argument("--out", required=True, help="run directory, e.g. results/runs/e5m2-manifold-s0")
     p.add_argument("--run-id", default=None, help="run id (default: the name of --out)")
     p.add_argument("--threads", type=int, default=None,
@@ -126,14 +137,26 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
     import torch
 
+    from altgrad.files import atomic_open
     from altgrad.training.config import RunConfig
     from altgrad.training.trainer import train
 
+    config = args.config
+    if args.config_lines:
+        config = Path(args.out) / "config.yaml"
+        with atomic_open(config, "w") as f:
+            f.write("".join(f"{line}\n" for line in args.config_lines))
+    if args.labels is not None:
+        with atomic_open(Path(args.out) / "run.json", "w") as f:
+            f.write(json.dumps(json.loads(args.labels), sort_keys=True) + "\n")
     if args.threads:
         torch.set_num_threads(args.threads)
-    summary = train(RunConfig.from_yaml(args.config), args.out, run_id=args.run_id, progress=not args.quiet)
+    summary = train(RunConfig.from_yaml(config), args.out, run_id=args.run_id, progress=not args.quiet)
     detail = f"diverged at step {summary['diverged_at']}" if summary["status"] == "diverged" else "completed"
     print(f"{summary['run_id']}: {detail}, {summary['steps']} steps, best val loss {summary['best_val_loss']}")
 
@@ -142,29 +165,10 @@ def _run_train(args: argparse.Namespace) -> None:
 # export, report, plan (experiment-level: what the pipeline's export/report rules and
 # the budget table use)
 # ---------------------------------------------------------------------------------------
-def _read_experiment_config(paths: Sequence[str]) -> dict:
-    """Merge experiment config files in order; ``-`` reads one (JSON or YAML) from stdin."""
-    import yaml
+def _load_experiment(paths: Sequence[str], data_root: str):
+    from altgrad.experiment import load_experiment, read_config_files
 
-    from altgrad.analysis.matrix import (
-        ExperimentError,
-        _deep_merge,
-        load_experiment_files,
-    )
-
-    merged: dict = {}
-    for path in paths:
-        if path == "-":
-            try:
-                data = yaml.safe_load(sys.stdin.read())
-            except yaml.YAMLError as e:
-                raise ExperimentError([f"not valid YAML/JSON: {e}"], "<stdin>") from None
-            if data is not None and not isinstance(data, dict):
-                raise ExperimentError(["expected a mapping at the top level"], "<stdin>")
-            _deep_merge(merged, data or {})
-        else:
-            _deep_merge(merged, load_experiment_files([path]))
-    return merged
+    return load_experiment(read_config_files(paths), data_root=data_root, source=", ".join(paths))
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -197,14 +201,25 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
         help="render results/report.html from the exported tables",
-        description="Render the HTML report from RESULTS/summary.parquet and the experiment's budget.",
+        description=(
+            "Render the HTML report from the exported summary and metrics tables, with each run's "
+            "resolved config (shown, and priced for the budget table on --device at --mfu and --price) "
+            "and the corpus's meta.json."
+        ),
     )
-    p.add_argument("--results", default="results", help="directory with summary.parquet (default: results)")
-    p.add_argument("--out", default=None, help="output HTML (default: RESULTS/report.html)")
-    p.add_argument(
-        "--config", action="append", default=[], metavar="FILE",
-        help="experiment config (repeatable, later files win; - = stdin) for the setup and budget tables",
-    )
+    p.add_argument("--summary", default="results/summary.parquet", help="default: results/summary.parquet")
+    p.add_argument("--metrics", default="results/metrics.parquet", help="default: results/metrics.parquet")
+    p.add_argument("--out", default="results/report.html", help="output HTML (default: results/report.html)")
+    p.add_argument("--run-configs", nargs="+", default=[], metavar="FILE",
+                   help="the runs' config.yaml files (RUN_DIR/config.yaml; the directory is named by the run id)")
+    p.add_argument("--corpus", default=None, metavar="META_JSON", help="the prepared corpus's meta.json")
+    g = p.add_argument_group("budget planned (the experiment's `budget` section)")
+    g.add_argument("--device", default=default("budget", "device"), help="h100 | a100 | cpu (default: %(default)s)")
+    g.add_argument("--mfu", type=float, default=default("budget", "mfu"),
+                   help="model FLOPs utilisation (default: %(default)s)")
+    g.add_argument("--price", type=float, default=None, metavar="USD_PER_HOUR", help="default: the device's")
+    g.add_argument("--peak-flops", type=float, default=None, help="default: the device's")
+    g.add_argument("--budget-usd", type=float, default=None, metavar="USD", help="the cap, shown beside the plan")
     p.add_argument("--figures", default=None, help="also write the figures as PNGs into this directory")
     p.add_argument("--command", default=None, help="the command to show in the reproducibility footer")
     p.set_defaults(func=_run_report)
@@ -213,9 +228,10 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _run_report(args: argparse.Namespace) -> None:
     from altgrad.analysis.report import build_report
 
-    config = _read_experiment_config(args.config) if args.config else None
-    out = build_report(args.results, args.out or f"{args.results}/report.html", config,
-                       command=args.command or " ".join(sys.argv), figures_dir=args.figures)
+    out = build_report(args.summary, args.metrics, args.out, run_configs=args.run_configs, corpus_meta=args.corpus,
+                       device=args.device, mfu=args.mfu, price=args.price, peak_flops=args.peak_flops,
+                       budget_usd=args.budget_usd, command=args.command or " ".join(sys.argv),
+                       figures_dir=args.figures)
     print(f"wrote {out}")
 
 
@@ -235,10 +251,8 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--config", action="append", default=[], metavar="FILE",
-        help="experiment config (repeatable, later files win; - = stdin; default: config/config.yaml)",
+        help="experiment config (repeatable, later files win; default: config/config.yaml)",
     )
-    p.add_argument("--schema", default="workflow/schemas/config.schema.yaml",
-                   help="JSON schema to check the structure against (skipped if the file is absent)")
     p.add_argument("--data-root", default="data", help="prepared corpora, for the vocabulary and block size checks")
     p.add_argument("--check", action="store_true", help="fail when the total exceeds budget.usd")
     p.add_argument("--runs", action="store_true", help="print only the run ids, one per line")
@@ -264,14 +278,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_plan(args: argparse.Namespace) -> None:
-    import os
-
-    from altgrad.analysis.matrix import load_experiment
-
-    paths = args.config or ["config/config.yaml"]
-    schema = args.schema if args.schema and os.path.exists(args.schema) else None
-    exp = load_experiment(_read_experiment_config(paths), schema=schema, data_root=args.data_root,
-                          source=", ".join(paths))
+    exp = _load_experiment(args.config or ["config/config.yaml"], args.data_root)
     if args.runs:
         print("\n".join(exp.run_ids))
         return
@@ -284,11 +291,12 @@ def _run_plan(args: argparse.Namespace) -> None:
         if args.check:
             exp.check_budget()
         return
-    from altgrad.analysis.scaling_study import plan_budget
+    from altgrad.experiment.planning import plan_budget
 
-    plan = plan_budget(exp, args.budget_usd, device=args.device, price=args.price, mfu=args.mfu,
-                       formats=args.formats, fits_path=args.fits, block_size=args.block_size,
-                       batch_size=args.batch_size, vocab_size=args.vocab_size, attention=args.attention)
+    plan = plan_budget(exp.runs.values(), exp.budget, args.budget_usd, meta=exp.meta, device=args.device,
+                       price=args.price, mfu=args.mfu, formats=args.formats, fits_path=args.fits,
+                       block_size=args.block_size, batch_size=args.batch_size, vocab_size=args.vocab_size,
+                       attention=args.attention)
     print(plan.describe())
     if plan.refused:
         raise AltgradError("infeasible plan for " + "; ".join(f"{f.format}: {f.refused}" for f in plan.refused))
@@ -302,29 +310,28 @@ def _add_scaling(sub: argparse._SubParsersAction) -> None:
         "scaling",
         help="fit per-format scaling laws to the scaling sweep's runs and write results/scaling/",
         description=(
-            "Read the summary.json of every run of the config's `scaling` sweep, fit per format "
-            "L(C) = k*C^a + Linf and N*(C) = k'*C^b (D* = C/(6N*)) from the isoFLOP curves, and write "
-            "OUT/points.parquet, optima.parquet, fits.parquet, chinchilla.parquet, isoflop.png and "
-            "report.html (verdict: how the format gap to bf16 changes with compute)."
+            "Read every given run of the config's `scaling` sweep (run.json: format and budget; "
+            "config.yaml: shape and steps; summary.json: what it spent and its final val loss), fit per "
+            "format L(C) = k*C^a + Linf and N*(C) = k'*C^b (D* = C/(6N*)) from the isoFLOP curves, and "
+            "write OUT/points.parquet, optima.parquet, fits.parquet, chinchilla.parquet, isoflop.png, "
+            "section.html and report.html (verdict: how the format gap to bf16 changes with compute)."
         ),
     )
-    p.add_argument("--config", action="append", default=[], metavar="FILE",
-                   help="experiment config with a `scaling` block (repeatable, later files win; - = stdin; "
-                        "default: config/config.yaml)")
-    p.add_argument("--runs", default="results/runs", help="run directories (default: results/runs)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="the sweep's run directories, e.g. results/runs/scale-*")
     p.add_argument("--out", default="results/scaling", help="output directory (default: results/scaling)")
-    p.add_argument("--data-root", default="data", help="prepared corpora, for the vocabulary check")
-    p.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples (default: scaling.n_boot)")
+    p.add_argument("--n-boot", type=int, default=default("scaling", "n_boot"),
+                   help="bootstrap resamples (config: scaling.n_boot; default: %(default)s)")
+    p.add_argument("--seed", type=int, default=default("scaling", "seed"),
+                   help="bootstrap seed (config: scaling.seed; default: %(default)s)")
     p.add_argument("--command", default=None, help="the command to show on the page")
     p.set_defaults(func=_run_scaling)
 
 
 def _run_scaling(args: argparse.Namespace) -> None:
-    from altgrad.analysis.scaling_study import build_scaling_report
+    from altgrad.analysis.report import build_scaling_report
 
-    config = _read_experiment_config(args.config or ["config/config.yaml"])
-    paths = build_scaling_report(config, args.out, args.runs, data_root=args.data_root,
-                                 command=args.command or " ".join(sys.argv), n_boot=args.n_boot)
+    paths = build_scaling_report(args.runs, args.out, n_boot=args.n_boot, seed=args.seed,
+                                 command=args.command or " ".join(sys.argv))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 

@@ -6,23 +6,19 @@ import math
 
 import pytest
 
-from altgrad.analysis.budget import (
+from altgrad.experiment.planning import InfeasiblePlan, plan_compute_optimal, shape_family
+from altgrad.experiment.pricing import (
     DEVICES,
     BudgetExceeded,
-    InfeasiblePlan,
-    ModelShape,
     budget_table,
     budget_totals,
     check_budget,
     eng,
-    flops_per_token,
     get_device,
     memory_estimate,
-    param_counts,
-    plan_compute_optimal,
     plan_job,
-    shape_family,
 )
+from altgrad.training.flops import ModelShape, flops_per_token, param_counts
 from altgrad.errors import AltgradError
 
 TINY = ModelShape(n_layer=2, n_head=2, n_embd=8, block_size=4, vocab_size=10)

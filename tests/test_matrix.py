@@ -12,20 +12,11 @@ import pytest
 import yaml
 from tiny_workflow import ROOT, load
 
-from altgrad.analysis.budget import (
-    BudgetExceeded,
-    ModelShape,
-    budget_totals,
-    flops_per_token,
-    plan_job,
-)
-from altgrad.analysis.matrix import (
-    ExperimentError,
-    library_hash,
-    load_experiment_files,
-    normalize_scalars,
-    run_id,
-)
+from altgrad.experiment.config import ExperimentError, normalize_scalars, read_config_files
+from altgrad.experiment.pricing import BudgetExceeded, budget_totals, plan_job
+from altgrad.experiment.runs import run_id
+from altgrad.training.flops import ModelShape, flops_per_token
+from altgrad.training.provenance import library_hash
 
 # the registry's 8-bit formats and the baseline, one member per equivalence class (e1m6 = e0m7)
 MATRIX_FORMATS = ["bf16", "e5m2", "e4m3", "e3m4", "e2m5", "e0m7", "e7m0"]
@@ -191,7 +182,7 @@ def test_embedded_default_is_the_promised_cpu_matrix():
 
 
 def test_runpod_matrix_is_the_research_plan_and_fits_the_budget():
-    exp = load(load_experiment_files([ROOT / "config" / "runpod.yaml"]))
+    exp = load(read_config_files([ROOT / "config" / "runpod.yaml"]))
     m = next(iter(exp.runs.values())).config.model
     assert (m.n_layer, m.n_embd, m.n_head, m.block_size, m.vocab_size) == (6, 384, 6, 256, None)
     assert not exp.corpus["compact_vocab"] and exp.corpus["source"]["name"] == "lex_glue"

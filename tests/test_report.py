@@ -17,12 +17,14 @@ import pandas as pd
 import pytest
 from scipy.stats import t as student_t
 
-from altgrad.analysis.budget import ModelShape, plan_job
 from altgrad.analysis.export import export_runs
 from altgrad.analysis.html import ReportContext, render_report
+from altgrad.analysis.run_table import run_table
 from altgrad.analysis.verdict import NO_CI, build_verdict
+from altgrad.experiment.pricing import plan_job
 from altgrad.training.config import RunConfig
 from altgrad.training.data import prepare
+from altgrad.training.flops import ModelShape
 from altgrad.training.trainer import train
 
 pytestmark = pytest.mark.slow
@@ -116,9 +118,9 @@ def _verdict_text(page: str) -> str:
 
 
 def _context(planned) -> ReportContext:
-    return ReportContext(command="snakemake --cores 1 results/report.html", config={"grid": {"seeds": [0, 1]}},
-                         config_hash="cafe1234", commit="abc123", versions={"altgrad": "0.1.0", "torch": "x",
-                                                                            "snakemake": "y"},
+    return ReportContext(command="snakemake --cores 1 results/report.html",
+                         run_configs={"bf16-adamw-s0": "train: {seeds: [0, 1]}"}, commit="abc123",
+                         versions={"altgrad": "0.1.0", "torch": "x", "snakemake": "y"},
                          hardware="test box", corpus={"name": "eurlex-sample"}, planned=planned, budget_usd=20)
 
 
@@ -201,7 +203,8 @@ def test_the_report_states_the_numbers_of_the_parquet(exported):
     for b64 in images:
         Image.open(io.BytesIO(base64.b64decode(b64))).load()  # raises on a truncated/corrupt PNG
     assert "no code histogram" in page.lower()  # the bit-position proxy says what it is
-    assert "snakemake --cores 1 results/report.html" in page and "cafe1234" in page and "snakemake y" in page
+    assert "snakemake --cores 1 results/report.html" in page and "snakemake y" in page
+    assert "<b>bf16-adamw-s0</b></p><pre>train: {seeds: [0, 1]}</pre>" in page  # the run configs, in the footer
     budget = {row[0]: row for row in tables["budget-table"][1:]}
     job = next(j for j in planned if j.name == "e4m3-adamw-s0")
     assert budget["e4m3-adamw-s0"][4] == (f"{job.gpu_hours:.2e}" if job.gpu_hours < 0.01 else f"{job.gpu_hours:.3f}")
@@ -221,7 +224,7 @@ def test_one_seed_no_baseline_no_ab(exported):
 
     # no BF16 run and no geometry-aware run: said so, and the verdict still names the best format
     rest = summary[(summary["format"] != "bf16") & (summary["optimizer"] == "adamw")]
-    v = build_verdict(rest, metrics[metrics["run_id"].isin(rest["run_id"])])
+    v = build_verdict(run_table(rest, metrics[metrics["run_id"].isin(rest["run_id"])]))
     text = " ".join(t for _, t in v.lines)
     assert v.ranking.metric == "final_val_loss" and "absolute final val loss" in text
     assert "no A/B runs" in text and v.effects.empty

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from altgrad.analysis.budget import plan_compute_optimal
-from altgrad.analysis.scaling import (
+from altgrad.experiment.planning import plan_compute_optimal
+from altgrad.scaling_laws import (
     PowerLaw,
     ScalingInputError,
     chinchilla_table,

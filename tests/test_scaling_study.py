@@ -21,24 +21,13 @@ import yaml
 from tiny_workflow import executed_jobs, load, make_workflow, snakemake, tiny_experiment
 
 from altgrad import cli
-from altgrad.analysis.budget import (
-    ModelShape,
-    budget_totals,
-    flops_per_token,
-    param_counts,
-    plan_job,
-)
-from altgrad.analysis.matrix import ExperimentError
-from altgrad.analysis.scaling import ScalingInputError
-from altgrad.analysis.scaling_study import (
-    budget_tag,
-    chinchilla_frame,
-    fit_format,
-    fit_sweep,
-    fits_frame,
-    gap_verdict,
-    plan_budget,
-)
+from altgrad.analysis.scaling_study import chinchilla_frame, fit_format, fit_sweep, fits_frame, gap_verdict
+from altgrad.experiment.config import ExperimentError
+from altgrad.experiment.planning import plan_budget
+from altgrad.experiment.pricing import budget_totals, plan_job
+from altgrad.experiment.sweep import budget_tag
+from altgrad.scaling_laws import ScalingInputError
+from altgrad.training.flops import ModelShape, flops_per_token, param_counts
 
 VOCAB = 5376  # >= the compacted eurlex-sample vocabulary (5354), a multiple of 64
 TINY_SHAPES = [{"n_layer": 1, "n_embd": 8, "n_head": 1}, {"n_layer": 1, "n_embd": 16, "n_head": 1},
@@ -80,20 +69,20 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 def test_sweep_runs_train_exactly_their_planned_tokens():
     exp = load(tiny_config())
     assert list(exp.runs) == ["bf16-adamw-s0"]  # the sweep is not part of the matrix (export, report)
-    assert len(exp.scaling_runs) == 18 and len(exp.scaling_points) == 18
-    assert set(exp.train_runs) == set(exp.runs) | set(exp.scaling_runs)
+    assert len(exp.sweep_runs) == 18 and len(exp.sweep_points) == 18
+    assert set(exp.train_runs) == set(exp.runs) | set(exp.sweep_runs)
     tps = 8 * 32
-    for p in exp.scaling_points:
-        run = exp.scaling_runs[p.run_id]
-        shape = ModelShape(1, 1, p.sweep.shape.n_embd, 32, VOCAB)
-        assert p.run_id == f"scale-{p.format}-c{budget_tag(p.sweep.budget)}-d{shape.n_embd}"
-        steps = round(p.sweep.budget / (flops_per_token(shape) * tps))
+    for p in exp.sweep_points:
+        run = exp.sweep_runs[p.run_id]
+        shape = ModelShape(1, 1, p.plan.shape.n_embd, 32, VOCAB)
+        assert p.run_id == f"scale-{p.format}-c{budget_tag(p.plan.budget)}-d{shape.n_embd}"
+        steps = round(p.plan.budget / (flops_per_token(shape) * tps))
         t, m = run.config.train, run.config.model
-        assert t.max_steps == p.sweep.steps == steps and t.batch_size == 8 and t.grad_accum == 1
+        assert t.max_steps == p.plan.steps == steps and t.batch_size == 8 and t.grad_accum == 1
         assert (m.n_layer, m.n_embd, m.n_head, m.block_size, m.vocab_size) == (1, shape.n_embd, 1, 32, VOCAB)
         # the planned D, and C spent to within half an optimizer step
-        assert p.sweep.tokens == steps * tps
-        assert abs(p.sweep.flops - p.sweep.budget) <= 0.5 * flops_per_token(shape) * tps
+        assert p.plan.tokens == steps * tps
+        assert abs(p.plan.flops - p.plan.budget) <= 0.5 * flops_per_token(shape) * tps
         assert t.eval_interval == steps and t.shadow_interval == 0 and t.rank_interval == 0  # FLOPs on training only
         assert t.lr == 1e-2 and t.eval_batches == 4 and t.warmup_steps == round(0.1 * steps)
         assert run.config.precision.weight == p.format and run.origin == "scaling"
@@ -110,16 +99,16 @@ def test_family_sizes_are_hardware_friendly_and_centred_on_chinchilla():
     cfg = tiny_config(sizes=3, aspect=64, budgets=[1e13, 1e14, 1e15], batch_size=8)
     exp = load(cfg)
     by_budget: dict[float, list[ModelShape]] = {}
-    for p in exp.scaling_points:
+    for p in exp.sweep_points:
         if p.format == "bf16":
-            by_budget.setdefault(p.sweep.budget, []).append(p.sweep.shape)
+            by_budget.setdefault(p.plan.budget, []).append(p.plan.shape)
     for c, shapes in by_budget.items():
         assert len(shapes) == 3
         assert all(s.n_embd % 64 == 0 and s.head_dim == 64 and s.n_embd == 64 * s.n_layer for s in shapes)
         ns = sorted(param_counts(s)[1] for s in shapes)
         target = math.sqrt(c / 120)
         assert ns[0] <= target * 3 and ns[-1] >= target / 3  # the window brackets Chinchilla's N
-    assert {p.run_id.rsplit("-", 1)[1] for p in exp.scaling_points} >= {"d64", "d128"}
+    assert {p.run_id.rsplit("-", 1)[1] for p in exp.sweep_points} >= {"d64", "d128"}
 
 
 def test_too_few_budgets_is_the_fitters_error_before_any_work():
@@ -239,7 +228,7 @@ def test_plan_uses_the_fitted_law_when_fits_exist_and_chinchilla_otherwise(tmp_p
 
     # the plan is the budget module's computation, and its jobs are priced like the pipeline's
     exp = load(cfg)
-    plan = plan_budget(exp, 20, device="h100", fits_path=fits_path)
+    plan = plan_budget(exp.runs.values(), exp.budget, 20, meta=exp.meta, device="h100", fits_path=fits_path)
     assert {f.format for f in plan.formats} == {"bf16", "e4m3", "e5m2"} and not plan.refused
     assert budget_totals(plan.jobs).usd <= 20.0 + 1e-9
     for f in plan.formats:
@@ -248,7 +237,7 @@ def test_plan_uses_the_fitted_law_when_fits_exist_and_chinchilla_otherwise(tmp_p
         assert p.tokens == p.steps * 4 * 256 and p.tokens >= p.n_params_nonembed / 10
         job = next(j for j in plan.jobs if j.name in f.run_ids)
         ref = plan_job("x", p.shape, p.tokens, "h100", 0.3, 2.69,
-                       flops_fn=lambda s, k=f.pass_factor: k * flops_per_token(s))
+                       flops_fn=lambda s, k=f.eval_shadow_factor: k * flops_per_token(s))
         assert job.usd == pytest.approx(ref.usd) and job.usd == pytest.approx(p.usd_per_run, rel=2e-3)
     bf16 = next(f for f in plan.formats if f.format == "bf16").plan
     assert bf16.n_target == pytest.approx(fits["bf16"].size.predict_n(bf16.flops_per_run))
@@ -304,17 +293,17 @@ def test_tiny_real_sweep_through_snakemake(tmp_path):
     exp = load(tiny_config())
     out = wf / "results" / "scaling"
     points = pd.read_parquet(out / "points.parquet")
-    assert sorted(points.run_id) == sorted(exp.scaling_runs)  # every point, nothing else
+    assert sorted(points.run_id) == sorted(exp.sweep_runs)  # every point, nothing else
     assert (points.status == "completed").all() and np.isfinite(points.val_loss).all()
     # each run trained exactly its planned steps and tokens, and spent C to within half a step
     assert (points.steps == points.steps_planned).all() and (points.tokens == points.tokens_planned).all()
     assert np.allclose(points.flops, points.flops_per_token * points.tokens)
     half_step = 0.5 * points.flops_per_token * points.tokens_per_step
     assert ((points.flops - points.budget).abs() <= half_step).all()
-    for p in exp.scaling_points:
+    for p in exp.sweep_points:
         summary = json.loads((wf / "results/runs" / p.run_id / "summary.json").read_text())
-        assert summary["steps"] == p.sweep.steps and summary["flops"] == pytest.approx(p.sweep.flops)
-        assert summary["params_non_embedding"] == p.sweep.n_params_nonembed
+        assert summary["steps"] == p.plan.steps and summary["flops"] == pytest.approx(p.plan.flops)
+        assert summary["params_non_embedding"] == p.plan.n_params_nonembed
         assert json.loads((wf / "results/runs" / p.run_id / "run.json").read_text())["origin"] == "scaling"
 
     fits = pd.read_parquet(out / "fits.parquet")
@@ -329,7 +318,7 @@ def test_tiny_real_sweep_through_snakemake(tmp_path):
     page = (out / "report.html").read_text()
     assert "How the format gap changes with compute" in page and "data:image/png;base64," in page
     assert "bf16" in page and "e4m3" in page and "e4m3 vs bf16" in page
-    assert all(rid in page for rid in exp.scaling_runs)
+    assert all(rid in page for rid in exp.sweep_runs)
 
     assert "Nothing to be done" in snakemake(wf, "-n", "results/scaling/report.html").stdout
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from altgrad.analysis.verdict import run_table
+from altgrad.analysis.run_table import run_table
 from altgrad.errors import AltgradError
 from altgrad.files import atomic_write
 

@@ -1,11 +1,12 @@
 """The report page: one self-contained HTML file (images inlined as base64, no JS, no network).
 
     from altgrad.analysis.html import ReportContext, render_report
-    ctx = ReportContext.collect(command="snakemake --cores 1 results/report.html", config=exp.raw,
-                                planned=exp.jobs(), budget_usd=exp.budget["usd"], corpus=exp.meta, ...)
+    ctx = ReportContext.collect(command="snakemake --cores 1 results/report.html", planned=exp.jobs(),
+                                budget_usd=exp.budget["usd"], corpus=exp.meta, ...)
     page = render_report(summary_df, metrics_df, ctx)     # str; the caller writes it atomically
 
-``summary_df``/``metrics_df`` are the tables of :func:`altgrad.analysis.export.export_runs`.
+``summary_df``/``metrics_df`` are the tables of :func:`altgrad.analysis.export.export_runs`
+(the summary already holds :func:`altgrad.analysis.run_table.run_table`'s columns).
 Page order: verdict (with ranking and A/B tables), failure attribution (rules and thresholds
 printed), figures, per-run table, setup, budget planned vs spent, reproducibility footer.
 """
@@ -27,18 +28,12 @@ from typing import Any
 
 import pandas as pd
 
-from altgrad.analysis.verdict import (
-    NO_CI,
-    Thresholds,
-    Verdict,
-    arm_label,
-    build_verdict,
-    describe_rules,
-    optimizer_name,
-)
+from altgrad.analysis.attribution import Thresholds, describe_rules
+from altgrad.analysis.run_table import arm_label, optimizer_name
+from altgrad.analysis.verdict import NO_CI, Verdict, build_verdict
 from altgrad.quantization import FORMAT_NAMES, equivalence_classes
 
-__all__ = ["ReportContext", "render_report"]
+__all__ = ["ReportContext", "esc", "fmt_num", "img", "page", "render_report", "table"]
 
 
 @dataclass
@@ -46,24 +41,22 @@ class ReportContext:
     """What the tables cannot tell the page; every field is optional (the page says "not given").
 
     command      the exact command that produced the page (reproducibility footer)
-    config       the experiment config (mapping, shown as JSON, or text shown verbatim)
-    config_hash  a hash of that config (setup table)
+    run_configs  run id -> its resolved config file's text (footer)
     commit       the source commit (setup table and footer)
     versions     package -> version (footer; :meth:`collect` fills altgrad/torch/snakemake/...)
     hardware     e.g. "2× CPU (x86_64), no GPU" (setup table; :meth:`collect` fills it)
     corpus       corpus facts: name/source, tokens or train_tokens/val_tokens, documents, vocab_size
     model        model facts: n_layer, n_head, n_embd, block_size, vocab_size (params come from the runs)
-    planned      the budget plan: JobCost objects (altgrad.analysis.budget) or mappings with
+    planned      the budget plan: JobCost objects (altgrad.experiment.pricing) or mappings with
                  name, gpu_hours, usd, flops (and optionally device, price_usd)
     budget_usd   the budget cap, if any
-    thresholds   attribution thresholds (:class:`altgrad.analysis.verdict.Thresholds`)
+    thresholds   attribution thresholds (:class:`altgrad.analysis.attribution.Thresholds`)
     title        page title
     generated    a timestamp text (:meth:`collect` fills it; None keeps the page byte-stable)
     """
 
     command: str | None = None
-    config: Mapping[str, Any] | str | None = None
-    config_hash: str | None = None
+    run_configs: Mapping[str, str] = field(default_factory=dict)
     commit: str | None = None
     versions: Mapping[str, str] = field(default_factory=dict)
     hardware: str | None = None
@@ -160,6 +153,7 @@ span.id { white-space: nowrap; font-family: ui-monospace, monospace; font-size: 
 table.kv th { text-align: left; background: none; vertical-align: top; white-space: nowrap; }
 td.t, th.t { text-align: left; }
 tr.diverged td { background: var(--bad); }
+tr.muted td { color: var(--muted); font-style: italic; }
 td.status-diverged { color: var(--badink); font-weight: 600; white-space: nowrap; }
 .scroll { overflow-x: auto; }
 figure { margin: 1.2rem 0 1.8rem; }
@@ -182,7 +176,8 @@ def _missing(v: Any) -> bool:
 
 
 def fmt_num(v: Any, kind: str = "g") -> str:
-    """The page's number formats: loss (4 decimals), gap (signed), rate, int, sci, g."""
+    """The pages' number formats: loss (4 decimals), gap (signed), rate, int, sci, hours, ppl,
+    g (3 significant digits), or any format spec (``".3f"``); missing or NaN is ``–``."""
     if _missing(v):
         return "–"
     if isinstance(v, str):
@@ -204,17 +199,21 @@ def fmt_num(v: Any, kind: str = "g") -> str:
         return "0" if v == 0 else f"{v:.2e}" if v < 0.01 else f"{v:.3f}" if v < 10 else f"{v:.1f}"
     if kind == "ppl":
         return f"{v:,.1f}" if v < 1e5 else f"{v:.2e}"
-    return f"{v:.3g}"
+    if kind == "g":
+        return f"{v:.3g}"
+    return format(v, kind)
 
 
-def _e(x: Any) -> str:
+def esc(x: Any) -> str:
+    """``x`` as HTML text."""
     return html.escape(str(x))
 
 
-def _table(head: Sequence[tuple[str, bool]], rows: Sequence[Sequence[str]], row_classes: Sequence[str] | None = None,
-           cell_classes: Sequence[Sequence[str]] | None = None, table_id: str = "") -> str:
-    """head: (title, is_text); rows: already-escaped cell HTML."""
-    th = "".join(f'<th class="t">{_e(t)}</th>' if text else f"<th>{_e(t)}</th>" for t, text in head)
+def table(head: Sequence[tuple[str, bool]], rows: Sequence[Sequence[str]], row_classes: Sequence[str] | None = None,
+          cell_classes: Sequence[Sequence[str]] | None = None, table_id: str = "") -> str:
+    """head: (title, is_text: left-aligned, may wrap); rows: already-escaped cell HTML;
+    row_classes: e.g. ``diverged`` or ``muted`` (grey italic: not a measurement)."""
+    th = "".join(f'<th class="t">{esc(t)}</th>' if text else f"<th>{esc(t)}</th>" for t, text in head)
     body = []
     for i, row in enumerate(rows):
         rc = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
@@ -231,11 +230,23 @@ def _table(head: Sequence[tuple[str, bool]], rows: Sequence[Sequence[str]], row_
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
+def img(png: bytes, alt: str) -> str:
+    """A PNG inlined as base64: the page stays one self-contained file."""
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def page(title: str, body: str) -> str:
+    """A whole page: ``body`` (HTML) under ``title``, with the pages' one stylesheet."""
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{esc(title)}</title><style>{_CSS}</style></head>\n<body><main>{body}</main></body></html>\n")
+
+
 # --------------------------------------------------------------------------- sections
 
 
 def _verdict_section(v: Verdict) -> str:
-    paras = "".join(f"<p><b>{_e(h)}.</b> {_e(t)}</p>" for h, t in v.lines)
+    paras = "".join(f"<p><b>{esc(h)}.</b> {esc(t)}</p>" for h, t in v.lines)
     out = [f'<h2 id="verdict">Verdict</h2><div class="verdict">{paras}</div>']
     rk = v.ranking
     if not rk.table.empty:
@@ -244,11 +255,11 @@ def _verdict_section(v: Verdict) -> str:
         for _, r in rk.table.iterrows():
             ci = (f"{fmt_num(r['ci_low'], 'gap')} to {fmt_num(r['ci_high'], 'gap')}" if r["n"] >= 2 else
                   NO_CI if r["n"] == 1 else "–")
-            rows.append([str(int(r["rank"])), _e(r["format"]), _e(optimizer_name(r["optimizer"])),
-                         fmt_num(r["mean"], "gap" if rk.metric == "gap_to_bf16" else "loss"), _e(ci),
-                         f"{int(r['n'])} of {int(r['n_seeds'])}", _e(r["diverged"] or "–")])
-        out.append(f"<h3>Ranking of formats by {_e(what)}, {_e(optimizer_name(rk.optimizer))} runs</h3>")
-        out.append(_table([("rank", False), ("format", True), ("optimizer", True), ("mean " + what, False),
+            rows.append([str(int(r["rank"])), esc(r["format"]), esc(optimizer_name(r["optimizer"])),
+                         fmt_num(r["mean"], "gap" if rk.metric == "gap_to_bf16" else "loss"), esc(ci),
+                         f"{int(r['n'])} of {int(r['n_seeds'])}", esc(r["diverged"] or "–")])
+        out.append(f"<h3>Ranking of formats by {esc(what)}, {esc(optimizer_name(rk.optimizer))} runs</h3>")
+        out.append(table([("rank", False), ("format", True), ("optimizer", True), ("mean " + what, False),
                            ("95% CI (t, over seeds)", True), ("seeds used", False), ("diverged", True)], rows,
                           row_classes=["diverged" if r["n_diverged"] else "" for _, r in rk.table.iterrows()],
                           table_id="ranking-table"))
@@ -262,14 +273,14 @@ def _verdict_section(v: Verdict) -> str:
             div = "; ".join(s for s in (
                 f"{optimizer_name(r['optimizer'])}: seed {', '.join(map(str, r['diverged_geo']))}" if r["diverged_geo"] else "",
                 f"AdamW: seed {', '.join(map(str, r['diverged_ref']))}" if r["diverged_ref"] else "") if s)
-            rows.append([_e(arm_label(r["format"], r["optimizer"], r["master_weights"], r["tag"])), str(int(r["n_pairs"])),
-                         fmt_num(r["mean"], "gap"), _e(ci), ex,
+            rows.append([esc(arm_label(r["format"], r["optimizer"], r["master_weights"], r["tag"])), str(int(r["n_pairs"])),
+                         fmt_num(r["mean"], "gap"), esc(ci), ex,
                          f"{fmt_num(r['stall_ref'])} → {fmt_num(r['stall_geo'])}",
                          f"{fmt_num(r['flips_ref'], 'sci')} → {fmt_num(r['flips_geo'], 'sci')}",
-                         f"{fmt_num(r['cos_ref'])} → {fmt_num(r['cos_geo'])}", _e(div or "–")])
+                         f"{fmt_num(r['cos_ref'])} → {fmt_num(r['cos_geo'])}", esc(div or "–")])
         out.append("<h3>Geometry-aware optimizer vs AdamW, same format, paired by seed "
                    "(Δ final val loss; &lt; 0 = helps)</h3>")
-        out.append(_table([("arm", True), ("pairs", False), ("mean Δ", False), ("95% CI (t)", True),
+        out.append(table([("arm", True), ("pairs", False), ("mean Δ", False), ("95% CI (t)", True),
                            ("CI excludes 0", True), ("stall ratio AdamW → geo", False),
                            ("flips/step AdamW → geo", False), ("grad cosine AdamW → geo", False),
                            ("diverged", True)], rows, table_id="effects-table"))
@@ -278,8 +289,8 @@ def _verdict_section(v: Verdict) -> str:
 
 def _attribution_section(v: Verdict) -> str:
     th = v.thresholds
-    rules = "".join(f"<li><b>{_e(r['label'])}</b>: {_e(r['condition'])}</li>" for r in describe_rules(th))
-    thr = ", ".join(f"{_e(k)} = {v_:g}" for k, v_ in th.items())
+    rules = "".join(f"<li><b>{esc(r['label'])}</b>: {esc(r['condition'])}</li>" for r in describe_rules(th))
+    thr = ", ".join(f"{esc(k)} = {v_:g}" for k, v_ in th.items())
     intro = ("<p>Each format × optimizer (diagnostics averaged over its seeds) gets the first rule that fires, "
              "in this order:</p>")
     out = ['<h2 id="attribution">Failure attribution</h2>', intro, f"<ol>{rules}</ol>",
@@ -287,14 +298,14 @@ def _attribution_section(v: Verdict) -> str:
     head = [("format / optimizer", True), ("seeds", False), ("attribution", True), ("diverged", True),
             ("final gap", False), ("gap at 1st eval", False), ("w / a overflow", False), ("w / a underflow", False),
             ("grad cosine", False), ("grad underflow", False), ("stall ratio", False), ("zero-update", False)]
-    th_html = "".join(f'<th class="t">{_e(t)}</th>' if text else f"<th>{_e(t)}</th>" for t, text in head)
+    th_html = "".join(f'<th class="t">{esc(t)}</th>' if text else f"<th>{esc(t)}</th>" for t, text in head)
     body = []
     for _, a in v.attribution.iterrows():
         div = bool(a["n_diverged"])
         cells = [
-            f'<td class="t"><span class="arm">{_e(a["arm"])}</span></td>', f"<td>{int(a['n_seeds'])}</td>",
-            f'<td class="t cause-{_e(a["cause"])}">{_e(a["label"])}</td>',
-            f'<td class="t{" status-diverged" if div else ""}">{_e(a["diverged"] or "–")}</td>',
+            f'<td class="t"><span class="arm">{esc(a["arm"])}</span></td>', f"<td>{int(a['n_seeds'])}</td>",
+            f'<td class="t cause-{esc(a["cause"])}">{esc(a["label"])}</td>',
+            f'<td class="t{" status-diverged" if div else ""}">{esc(a["diverged"] or "–")}</td>',
             f"<td>{fmt_num(a['gap_to_bf16'], 'gap')}</td>", f"<td>{fmt_num(a['gap_first_eval'], 'gap')}</td>",
             f"<td>{fmt_num(a['weight_overflow_rate'], 'rate')} / {fmt_num(a['activation_overflow_rate'], 'rate')}</td>",
             f"<td>{fmt_num(a['weight_underflow_rate'], 'rate')} / {fmt_num(a['activation_underflow_rate'], 'rate')}</td>",
@@ -304,7 +315,7 @@ def _attribution_section(v: Verdict) -> str:
         cls = ' class="diverged"' if div else ""
         body.append(f"<tr{cls}>{''.join(cells)}</tr>")
         if len(a["evidence"]):
-            ev = "; ".join(_e(x) for x in a["evidence"])
+            ev = "; ".join(esc(x) for x in a["evidence"])
             body.append(f'<tr{cls}><td></td><td class="t evidence" colspan="{len(head) - 1}">'
                         f"evidence — {ev}</td></tr>")
     out.append(f'<div class="scroll"><table class="attr" id="attribution-table"><thead><tr>{th_html}</tr></thead>'
@@ -319,13 +330,11 @@ def _nz(x: Any) -> float:
 def _figures_section(figures) -> str:
     out = ['<h2 id="figures">Figures</h2>']
     for f in figures:
-        out.append(f'<figure id="fig-{_e(f.key)}"><h3>{_e(f.title)}</h3>')
+        out.append(f'<figure id="fig-{esc(f.key)}"><h3>{esc(f.title)}</h3>')
         if f.png is None:
-            out.append(f'<p class="missing">{_e(f.caption)}</p></figure>')
+            out.append(f'<p class="missing">{esc(f.caption)}</p></figure>')
             continue
-        b64 = base64.b64encode(f.png).decode("ascii")
-        out.append(f'<img alt="{_e(f.title)}" src="data:image/png;base64,{b64}">'
-                   f"<figcaption>{_e(f.caption)}</figcaption></figure>")
+        out.append(f"{img(f.png, f.title)}<figcaption>{esc(f.caption)}</figcaption></figure>")
     return "".join(out)
 
 
@@ -349,9 +358,9 @@ def _runs_section(runs: pd.DataFrame) -> str:
     rows, rcls, ccls = [], [], []
     for _, r in runs.iterrows():
         div = r.get("status") == "diverged"
-        rows.append([f'<span class="id">{_e(r["run_id"])}</span>', _e(optimizer_name(r["optimizer"]))]
-                    + ([_e(r["master_weights"])] if show_master else []) + [
-                     "–" if _missing(r.get("seed")) else str(int(r["seed"])), _e(r["status_label"]),
+        rows.append([f'<span class="id">{esc(r["run_id"])}</span>', esc(optimizer_name(r["optimizer"]))]
+                    + ([esc(r["master_weights"])] if show_master else []) + [
+                     "–" if _missing(r.get("seed")) else str(int(r["seed"])), esc(r["status_label"]),
                      fmt_num(r.get("steps"), "int"),
                      fmt_num(r.get("final_val_loss"), "loss"), fmt_num(r.get("best_val_loss"), "loss"),
                      fmt_num(r.get("final_val_ppl"), "ppl"), fmt_num(r.get("gap_to_bf16"), "gap"),
@@ -368,7 +377,7 @@ def _runs_section(runs: pd.DataFrame) -> str:
             "per step; GridOptim: real-unit lr on the bias-corrected momentum). <i>calibrated</i>: each layer's "
             "RMS real-unit step equals AdamW's at step 0; <i>uncalibrated</i>: a fixed lr from the config, so "
             "the arms also differ in step size. GPU-h = wall time / 3600 (FLOPs: budget table).</p>")
-    return '<h2 id="runs">Runs</h2>' + note + _table(head, rows, rcls, ccls, table_id="runs-table")
+    return '<h2 id="runs">Runs</h2>' + note + table(head, rows, rcls, ccls, table_id="runs-table")
 
 
 def _step_size(r: pd.Series) -> str:
@@ -378,9 +387,9 @@ def _step_size(r: pd.Series) -> str:
         return "–"
     lrs = list(json.loads(r["calibrated_lr"]).values()) if not _missing(r.get("calibrated_lr")) else []
     if not lrs:
-        return _e(mode)
+        return esc(mode)
     low, high = fmt_num(min(lrs)), fmt_num(max(lrs))
-    return _e(f"{mode} {low}" if low == high else f"{mode} {low}–{high}")
+    return esc(f"{mode} {low}" if low == high else f"{mode} {low}–{high}")
 
 
 def _equivalence_text(runs: pd.DataFrame) -> str:
@@ -400,7 +409,7 @@ def _equivalence_text(runs: pd.DataFrame) -> str:
 
 
 def _kv_table(items: Sequence[tuple[str, str]]) -> str:
-    rows = "".join(f'<tr><th class="t">{_e(k)}</th><td class="t">{v}</td></tr>' for k, v in items)
+    rows = "".join(f'<tr><th class="t">{esc(k)}</th><td class="t">{v}</td></tr>' for k, v in items)
     return f'<table class="kv"><tbody>{rows}</tbody></table>'
 
 
@@ -440,20 +449,19 @@ def _setup_section(runs: pd.DataFrame, ctx: ReportContext) -> str:
     nonemb = uniq("params_non_embedding")
     total_tokens = runs["tokens"].dropna().astype(float).sum() if "tokens" in runs else math.nan
     items = [
-        ("corpus", _e(corpus_text)),
-        ("training tokens per run", _e(uniq("tokens") + stopped)),
-        ("training tokens, all runs", _e(fmt_num(total_tokens, "int"))),
-        ("model", _e((model_text + "; " if model_text else "") + f"parameters {params} (non-embedding {nonemb})")),
-        ("steps per run", _e(uniq("steps") + stopped)),
-        ("runs", _e(f"{len(runs)}: formats {', '.join(dict.fromkeys(runs['format']))}; optimizers "
+        ("corpus", esc(corpus_text)),
+        ("training tokens per run", esc(uniq("tokens") + stopped)),
+        ("training tokens, all runs", esc(fmt_num(total_tokens, "int"))),
+        ("model", esc((model_text + "; " if model_text else "") + f"parameters {params} (non-embedding {nonemb})")),
+        ("steps per run", esc(uniq("steps") + stopped)),
+        ("runs", esc(f"{len(runs)}: formats {', '.join(dict.fromkeys(runs['format']))}; optimizers "
                     f"{', '.join(optimizer_name(o) for o in dict.fromkeys(runs['optimizer']))}; seeds "
                     f"{', '.join(str(int(s)) for s in sorted(runs['seed'].dropna().unique()))}")),
-        ("equivalent formats", _e(_equivalence_text(runs))),
-        ("hardware", _e(ctx.hardware or ("devices: " + ", ".join(map(str, runs["device"].dropna().unique()))
+        ("equivalent formats", esc(_equivalence_text(runs))),
+        ("hardware", esc(ctx.hardware or ("devices: " + ", ".join(map(str, runs["device"].dropna().unique()))
                                          if "device" in runs else "not given"))),
-        ("commit", _e(ctx.commit or "not given")),
-        ("config hash", _e(ctx.config_hash or "not given")),
-        ("run config hashes", _e(", ".join(dict.fromkeys(str(x) for x in runs["config_hash"].dropna()))
+        ("commit", esc(ctx.commit or "not given")),
+        ("run config hashes", esc(", ".join(dict.fromkeys(str(x) for x in runs["config_hash"].dropna()))
                                  if "config_hash" in runs and runs["config_hash"].notna().any() else "not recorded")),
     ]
     return '<h2 id="setup">Setup</h2>' + _kv_table(items)
@@ -474,7 +482,7 @@ def _budget_section(runs: pd.DataFrame, ctx: ReportContext) -> str:
         price = p.get("price_usd")
         spent_h = r.get("gpu_hours")
         spent_usd = spent_h * price if price is not None and not _missing(spent_h) else math.nan
-        rows.append([_e(r["run_id"]), _e(p.get("device", r.get("device", "–"))),
+        rows.append([esc(r["run_id"]), esc(p.get("device", r.get("device", "–"))),
                      fmt_num(p.get("flops"), "sci"), fmt_num(r.get("flops"), "sci"),
                      fmt_num(p.get("gpu_hours"), "hours"), fmt_num(spent_h, "hours"),
                      fmt_num(p.get("usd"), "hours"), fmt_num(spent_usd, "hours")])
@@ -494,39 +502,35 @@ def _budget_section(runs: pd.DataFrame, ctx: ReportContext) -> str:
         note += f" Budget cap: ${ctx.budget_usd:g}."
     head = [("run", True), ("device", True), ("FLOPs planned", False), ("FLOPs spent", False),
             ("GPU-h planned", False), ("GPU-h spent", False), ("USD planned", False), ("USD spent", False)]
-    return f'<h2 id="budget">Budget: planned vs spent</h2><p class="sub">{_e(note)}</p>' + _table(head, rows, table_id="budget-table")
+    return f'<h2 id="budget">Budget: planned vs spent</h2><p class="sub">{esc(note)}</p>' + table(head, rows, table_id="budget-table")
 
 
 def _footer(ctx: ReportContext) -> str:
-    if isinstance(ctx.config, str):
-        config = ctx.config
-    elif ctx.config is not None:
-        config = json.dumps(ctx.config, indent=2, sort_keys=True, default=str)
-    else:
-        config = "not given"
     versions = ", ".join(f"{k} {v}" for k, v in ctx.versions.items()) or "not given"
+    configs = "".join(f"<p><b>{esc(rid)}</b></p><pre>{esc(text)}</pre>" for rid, text in ctx.run_configs.items())
     return (f'<footer id="reproduce"><h2>Reproduce</h2>'
-            f"<p><b>Command</b></p><pre>{_e(ctx.command or 'not given')}</pre>"
-            f"<p><b>Versions</b>: {_e(versions)}. <b>Commit</b>: {_e(ctx.commit or 'not given')}. "
-            f"<b>Config hash</b>: {_e(ctx.config_hash or 'not given')}."
-            + (f" Generated {_e(ctx.generated)}." if ctx.generated else "") +
-            f"</p><details><summary>Experiment config</summary><pre>{_e(config)}</pre></details></footer>")
+            f"<p><b>Command</b></p><pre>{esc(ctx.command or 'not given')}</pre>"
+            f"<p><b>Versions</b>: {esc(versions)}. <b>Commit</b>: {esc(ctx.commit or 'not given')}."
+            + (f" Generated {esc(ctx.generated)}." if ctx.generated else "") + "</p>"
+            + (f"<details><summary>Run configs (each run's resolved config.yaml)</summary>{configs}</details>"
+               if configs else "") + "</footer>")
 
 
-def render_report(summary_df: pd.DataFrame, metrics_df: pd.DataFrame,
+def render_report(runs: pd.DataFrame, metrics_df: pd.DataFrame,
                   context: ReportContext | Mapping[str, Any] | None = None, *,
                   figures: Sequence[Any] | None = None) -> str:
     """The report page as one self-contained HTML string (see the module doc for the order).
 
+    ``runs``: the exported summary (:func:`altgrad.analysis.run_table.run_table`'s columns).
     ``figures``: already made :func:`altgrad.analysis.plots.make_figures` output (e.g. when the
     caller also writes them as PNG files for Snakemake's report); made here when None.
     """
     from altgrad.analysis.plots import make_figures
 
     ctx = ReportContext.coerce(context)
-    if summary_df is None or len(summary_df) == 0:
+    if runs is None or len(runs) == 0:
         raise ValueError("render_report: the summary table has no runs")
-    v = build_verdict(summary_df, metrics_df, ctx.thresholds)
+    v = build_verdict(runs, ctx.thresholds)
     if figures is None:
         figures = make_figures(v.runs, metrics_df)
     n_div = int((v.runs["status"] == "diverged").sum())
@@ -536,10 +540,8 @@ def render_report(summary_df: pd.DataFrame, metrics_df: pd.DataFrame,
                                                            ("figures", "Figures"), ("runs", "Runs"), ("setup", "Setup"),
                                                            ("budget", "Budget"), ("reproduce", "Reproduce")))
     body = "".join([
-        f"<h1>{_e(ctx.title)}</h1><p class=\"sub\">{_e(sub)}<br>{nav}</p>",
+        f"<h1>{esc(ctx.title)}</h1><p class=\"sub\">{esc(sub)}<br>{nav}</p>",
         _verdict_section(v), _attribution_section(v), _figures_section(figures), _runs_section(v.runs),
         _setup_section(v.runs, ctx), _budget_section(v.runs, ctx), _footer(ctx),
     ])
-    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{_e(ctx.title)}</title><style>{_CSS}</style></head>\n<body><main>{body}</main></body></html>\n")
+    return page(ctx.title, body)

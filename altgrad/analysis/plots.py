@@ -1,6 +1,6 @@
 """The report's figures (matplotlib, Agg), each returned as PNG bytes with its caption.
 
-    figures = make_figures(runs, metrics)   # runs: verdict.run_table(summary, metrics)
+    figures = make_figures(runs, metrics)   # runs: run_table(summary, metrics), the exported summary
     for f in figures: f.key, f.title, f.caption, f.png (None when nothing was measured)
 
 Conventions shared by every figure: one colour per optimizer (:data:`OPTIMIZER_COLORS`,
@@ -27,19 +27,18 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter
 
-from altgrad.analysis.verdict import (
-    BASELINE_FORMAT,
-    REFERENCE_OPTIMIZER,
-    arm_label,
-    optimizer_name,
-)
+from altgrad.analysis.run_table import BASELINE_FORMAT, REFERENCE_OPTIMIZER, arm_label, optimizer_name
 from altgrad.files import atomic_write
 
-__all__ = ["BASELINE_COLOR", "OPTIMIZER_COLORS", "Figure", "make_figures", "optimizer_color", "write_figures"]
+__all__ = ["BASELINE_COLOR", "OPTIMIZER_COLORS", "PALETTE", "Figure", "make_figures", "optimizer_color", "png",
+           "write_figures"]
 
-OPTIMIZER_COLORS = {"adamw": "#1f77b4", "manifold": "#d62728", "grid": "#2ca02c"}
+# One palette for every figure of every page: the optimizers take the first three colours
+# (the scaling page gives its formats the palette in order); the BF16 baseline is grey.
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+OPTIMIZER_COLORS = dict(zip(("adamw", "manifold", "grid"), PALETTE))
 BASELINE_COLOR = "#7f7f7f"
-_EXTRA_COLORS = ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+_EXTRA_COLORS = PALETTE[len(OPTIMIZER_COLORS):]
 _STYLES = ("-", "--", ":", "-.")
 DPI = 100
 
@@ -59,7 +58,8 @@ class Figure:
     png: bytes | None  # None: the metric was not recorded by any run (caption says so)
 
 
-def _png(fig) -> bytes:
+def png(fig) -> bytes:
+    """The figure as PNG bytes (the pages' resolution); the figure is closed."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     plt.close(fig)
@@ -257,7 +257,7 @@ def _format_panels(runs: pd.DataFrame, metrics: pd.DataFrame, rows: Sequence[tup
         return None
     _legend(fig, used, band, div)
     _margins(fig)
-    return _png(fig)
+    return png(fig)
 
 
 def _margins(fig, left: float = 0.85, right: float = 0.2, top: float = 0.75, bottom: float = 0.5,
@@ -310,7 +310,7 @@ def _rates_heatmap(runs: pd.DataFrame) -> bytes | None:
     ax.xaxis.tick_top()
     fig.colorbar(im, ax=ax, label="fraction of quantized elements (log)", pad=0.02)
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 def _max_index(fmt_name: str) -> float | None:
@@ -366,7 +366,7 @@ def _code_use(runs: pd.DataFrame, metrics: pd.DataFrame) -> tuple[bytes | None, 
     ax.set_xlabel("code-magnitude index / max index  (0 = zero, 1 = ±max)", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout(rect=(0, 0, 0.9, 1))
-    return _png(fig), caption
+    return png(fig), caption
 
 
 def _code_histogram(runs: pd.DataFrame, metrics: pd.DataFrame, cols: list[str]) -> bytes | None:
@@ -395,7 +395,7 @@ def _code_histogram(runs: pd.DataFrame, metrics: pd.DataFrame, cols: list[str]) 
         return None
     _legend(fig, [a for a in arms], False, False)
     _margins(fig)
-    return _png(fig)
+    return png(fig)
 
 
 def _critical_rank(metrics: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
@@ -414,7 +414,7 @@ def _critical_rank(metrics: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str,
 
 
 def make_figures(runs: pd.DataFrame, metrics: pd.DataFrame) -> list[Figure]:
-    """Every figure of the report, in page order. ``runs`` is :func:`verdict.run_table`'s
+    """Every figure of the report, in page order. ``runs`` is :func:`altgrad.analysis.run_table.run_table`'s
     output (its normalised labels are used; the metrics' own label columns are ignored)."""
     metrics = metrics.drop(columns=[c for c in ("format", "optimizer", "master_weights", "tag", "seed")
                                     if c in metrics])

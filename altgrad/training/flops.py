@@ -1,7 +1,7 @@
 """A GPT's shape, its exact parameter counts and its training FLOPs per token.
 
 Pure Python (no torch): the trainer records what a run spent with it, and the budget
-planner (altgrad.analysis.budget) prices runs with it, so both use one convention.
+planner (altgrad.experiment.pricing) prices runs with it, so both use one convention.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""Price every training job before it runs: FLOPs, device-hours, dollars, compute-optimal plans.
+"""Price every training job before it runs: FLOPs, device-hours, dollars, memory, the budget check.
 
-Pure Python/numpy; no torch. Every FLOP count in altgrad goes through one function,
-:func:`flops_per_token`, so the budget table, the budget check, the compute-optimal planner
-and the scaling-law fits all use the same convention.
+Pure Python; no torch. Every FLOP count in altgrad goes through one function,
+:func:`altgrad.training.flops.flops_per_token`, so the budget table, the budget check, the
+compute-optimal planner (:mod:`altgrad.experiment.planning`) and the scaling-law fits all use
+the same convention. A run also spends compute outside its training tokens (evaluation, the
+FP32 shadow model): :func:`eval_and_shadow_factor` is that overhead, and :func:`price_run`
+prices one run config with it, exactly as the pipeline's budget table does.
 
 Typical use::
 
@@ -10,47 +13,40 @@ Typical use::
     jobs = [plan_job(f"e5m2-manifold-s{s}", shape, tokens=50e6, device="h100") for s in range(3)]
     print(budget_table(jobs))
     check_budget(jobs, budget_usd=20.0)          # raises BudgetExceeded with advice
-    plan = plan_compute_optimal(20.0, device="h100", price=2.69, mfu=0.3)
-    print(plan.describe())
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from altgrad.errors import AltgradError
-
-# The model's shape, parameter counts and FLOPs per token live beside the model
-# (altgrad.training.flops); re-exported here because every plan starts from them.
 from altgrad.training.flops import FlopsFn, ModelShape, flops_per_token, param_counts
 
+if TYPE_CHECKING:
+    from altgrad.training.config import RunConfig, TrainConfig
+
 __all__ = [
-    "BudgetExceeded",
-    "BudgetTotals",
-    "ComputePlan",
     "DEFAULT_MFU",
     "DEVICES",
+    "BudgetExceeded",
+    "BudgetTotals",
     "Device",
-    "FlopsFn",
-    "InfeasiblePlan",
     "JobCost",
     "MemoryEstimate",
-    "ModelShape",
     "budget_table",
     "budget_totals",
     "check_budget",
+    "dollars",
     "eng",
-    "flops_per_token",
+    "eval_and_shadow_factor",
     "get_device",
     "memory_estimate",
-    "param_counts",
-    "plan_compute_optimal",
     "plan_job",
-    "shape_family",
-    "shape_for_params",
+    "price_run",
+    "si",
 ]
 
 
@@ -62,14 +58,6 @@ class BudgetExceeded(AltgradError):
         self.total_usd = total_usd
         self.budget_usd = budget_usd
         self.overrun_usd = total_usd - budget_usd
-
-
-class InfeasiblePlan(AltgradError):
-    """A compute-optimal plan cannot be met (too few tokens, out of memory, budget too small)."""
-
-
-def _resolve_flops_fn(flops_fn: FlopsFn | None) -> FlopsFn:
-    return flops_per_token if flops_fn is None else flops_fn
 
 
 # --------------------------------------------------------------------------------------
@@ -146,7 +134,8 @@ def get_device(
     return dev
 
 
-def _check_mfu(mfu: float) -> float:
+def check_mfu(mfu: float) -> float:
+    """``mfu`` as a float in (0, 1], or an AltgradError."""
     mfu = float(mfu)
     if not (0.0 < mfu <= 1.0):
         raise AltgradError(f"mfu must be in (0, 1], got {mfu}")
@@ -193,11 +182,11 @@ def plan_job(
     """
     shape = ModelShape.from_config(shape)
     dev = get_device(device, price_usd=price)
-    mfu = _check_mfu(mfu)
+    mfu = check_mfu(mfu)
     tokens = float(tokens)
     if not (math.isfinite(tokens) and tokens > 0):
         raise AltgradError(f"job {name!r}: tokens must be a positive number, got {tokens}")
-    fpt = float(_resolve_flops_fn(flops_fn)(shape))
+    fpt = float((flops_fn or flops_per_token)(shape))
     flops = fpt * tokens
     hours = flops / (dev.peak_flops * mfu) / 3600.0
     total, nonembed = param_counts(shape)
@@ -234,12 +223,12 @@ def eng(x: float, digits: int = 3) -> str:
     return f"{sign}{mant:.{decimals}f}e{exp3}"
 
 
-def _usd(x: float) -> str:
+def dollars(x: float) -> str:
     """Dollars with cents, or 2 significant digits below one cent (``$0.0000015``)."""
     return f"${x:.2f}" if x == 0 or abs(x) >= 0.01 else f"${x:.2g}"
 
 
-def _si(x: float) -> str:
+def si(x: float) -> str:
     """Three significant digits with a k/M/B/T suffix: ``10.6M``, ``4.20B``, ``512``."""
     if x == 0 or not math.isfinite(x):
         return f"{x:g}"
@@ -285,9 +274,9 @@ def budget_table(jobs: Iterable[JobCost], budget_usd: float | None = None) -> st
         (
             j.name,
             j.device,
-            _si(j.n_params),
-            _si(j.n_params_nonembed),
-            _si(j.tokens),
+            si(j.n_params),
+            si(j.n_params_nonembed),
+            si(j.tokens),
             eng(j.flops),
             f"{j.gpu_hours:.3f}",
             f"{j.usd:.2f}",
@@ -296,7 +285,7 @@ def budget_table(jobs: Iterable[JobCost], budget_usd: float | None = None) -> st
     ]
     t = budget_totals(jobs)
     total = (
-        f"TOTAL ({t.n_jobs} jobs)", "", "", "", _si(t.tokens), eng(t.flops), f"{t.gpu_hours:.3f}", f"{t.usd:.2f}"
+        f"TOTAL ({t.n_jobs} jobs)", "", "", "", si(t.tokens), eng(t.flops), f"{t.gpu_hours:.3f}", f"{t.usd:.2f}"
     )
     allrows = [head, *rows, total]
     widths = [max(len(r[i]) for r in allrows) for i in range(len(head))]
@@ -387,254 +376,35 @@ def memory_estimate(
 
 
 # --------------------------------------------------------------------------------------
-# Compute-optimal planning
+# A run config's cost
 # --------------------------------------------------------------------------------------
 
 
-def shape_family(
-    n: int,
-    *,
-    block_size: int,
-    vocab_size: int,
-    aspect: int = 64,
-    head_dim: int = 64,
-    bias: bool = False,
-) -> ModelShape:
-    """Member ``n`` of the planner's shape family: ``n_layer = n``,
-    ``n_embd = aspect·n`` rounded to a multiple of 64 (at least 64),
-    ``n_head = n_embd / head_dim``.
+def eval_and_shadow_factor(train: TrainConfig, steps: int | None = None) -> float:
+    """A run's compute relative to its training tokens × flops_per_token.
 
-    Rule: width/depth (d_model/n_layer) = 64 by default. It reproduces GPT-2 small
-    (768/12) and the research plan's reference model (384/6); Kaplan et al. 2020 (§3.1,
-    Fig. 5) found loss at fixed N changes only a few percent over a wide range of aspect
-    ratios, so one fixed ratio loses little and makes sizes comparable. Widths that are
-    multiples of 64 with head dim 64 keep matmuls tensor-core friendly.
+    On top of training: every evaluation's forward passes (``eval_batches`` batches, a third
+    of a training token's FLOPs each) and, every ``shadow_interval`` steps, the FP32 shadow
+    model's forward and backward pass. ``steps``: the run's length if not ``max_steps``.
     """
-    if head_dim <= 0 or (head_dim % 64 and 64 % head_dim):
-        raise AltgradError(f"head_dim must divide or be a multiple of 64, got {head_dim}")
-    d = max(64, 64 * round(aspect * n / 64))
-    d = max(head_dim, d - d % head_dim)
-    return ModelShape(n_layer=n, n_head=d // head_dim, n_embd=d, block_size=block_size, vocab_size=vocab_size, bias=bias)
+    steps = train.max_steps if steps is None else max(int(steps), 1)
+    evals = len(range(0, steps, train.eval_interval)) + (0 if (steps - 1) % train.eval_interval == 0 else 1)
+    eval_tokens = evals * train.eval_batches * train.batch_size
+    train_tokens = steps * train.batch_size * train.grad_accum
+    shadow = 0.0 if not train.shadow_interval else len(range(0, steps, train.shadow_interval)) / steps
+    return 1.0 + shadow + eval_tokens / (3.0 * train_tokens)
 
 
-def shape_for_params(
-    n_target: float,
-    *,
-    block_size: int,
-    vocab_size: int,
-    aspect: int = 64,
-    head_dim: int = 64,
-    bias: bool = False,
-    min_layers: int = 1,
-    max_layers: int = 128,
-) -> ModelShape:
-    """The family member whose non-embedding N is closest to ``n_target`` in log space
-    (clamped to ``[min_layers, max_layers]``)."""
-    best, best_err = None, math.inf
-    for n in range(min_layers, max_layers + 1):
-        s = shape_family(n, block_size=block_size, vocab_size=vocab_size, aspect=aspect, head_dim=head_dim, bias=bias)
-        err = abs(math.log(param_counts(s)[1] / n_target))
-        if err < best_err:
-            best, best_err = s, err
-    assert best is not None
-    return best
-
-
-@dataclass(frozen=True)
-class ComputePlan:
-    """A compute-optimal plan: what to train, for how long, at what cost."""
-
-    budget_usd: float
-    device: str
-    price_usd: float
-    mfu: float
-    n_runs: int
-    law: str
-    flops_per_run: float
-    n_target: float  # non-embedding N the scaling law asks for
-    d_target: float  # tokens the law asks for (C / 6N)
-    shape: ModelShape
-    n_params: int
-    n_params_nonembed: int
-    flops_per_token: float
-    batch_size: int
-    steps: int
-    tokens: int
-    gpu_hours_per_run: float
-    usd_per_run: float
-    memory_bytes: float
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def tokens_per_param(self) -> float:
-        return self.tokens / self.n_params_nonembed
-
-    @property
-    def usd_total(self) -> float:
-        return self.usd_per_run * self.n_runs
-
-    def describe(self) -> str:
-        s = self.shape
-        lines = [
-            f"budget ${self.budget_usd:.2f} on {self.device} at ${self.price_usd:.2f}/h, MFU {self.mfu:.2f}, "
-            f"{self.n_runs} run(s): {eng(self.flops_per_run)} FLOPs per run ({self.law})",
-            f"law target: N* = {_si(self.n_target)} non-embedding params, D* = {_si(self.d_target)} tokens",
-            f"shape: n_layer={s.n_layer} n_embd={s.n_embd} n_head={s.n_head} (head dim {s.head_dim}) "
-            f"block_size={s.block_size} vocab_size={s.vocab_size} bias={s.bias}",
-            f"params: {self.n_params:,} total, {self.n_params_nonembed:,} non-embedding",
-            f"training: {self.steps:,} steps x {self.batch_size} x {s.block_size} = {self.tokens:,} tokens "
-            f"({self.tokens_per_param:.1f} tokens/param), {eng(self.flops_per_token)} FLOPs/token",
-            f"cost per run: {self.gpu_hours_per_run:.2f} GPU-h, ${self.usd_per_run:.2f}; total ${self.usd_total:.2f}",
-            f"memory for one batch: {self.memory_bytes / 1e9:.1f} GB (rough)",
-        ]
-        lines += [f"note: {n}" for n in self.notes]
-        return "\n".join(lines)
-
-
-def plan_compute_optimal(
-    budget_usd: float,
-    device: str | Device = "h100",
-    price: float | None = None,
-    mfu: float = DEFAULT_MFU,
-    n_runs: int = 1,
-    fit: Any = None,
-    tokens_per_param: float = 20.0,
-    *,
-    batch_size: int = 16,
-    block_size: int = 1024,
-    vocab_size: int = 50257,
-    bias: bool = False,
-    aspect: int = 64,
-    head_dim: int = 64,
-    min_layers: int = 1,
-    max_layers: int = 128,
-    flops_fn: FlopsFn | None = None,
-    memory_fraction: float = 0.9,
-    bytes_per_param: float = 16.0,
-    activation_bytes: float = 2.0,
-    flash_attention: bool = False,
-) -> ComputePlan:
-    """Turn a dollar budget into a compute-optimal model shape and token count.
-
-    1. budget → FLOPs per run: ``C = budget/price · 3600 · peak · mfu / n_runs``.
-    2. C → target non-embedding N*: with ``fit`` (a :class:`altgrad.analysis.scaling.PowerLaw`
-       or any ``C -> N`` callable) ``N* = k'·C^b``; otherwise Chinchilla (Hoffmann et al.
-       2022): ``D = r·N`` with r = ``tokens_per_param`` (≈20) and ``C = 6·N·D``, so
-       ``N* = sqrt(C / (6r))``.
-    3. N* → the nearest shape of :func:`shape_family` (width multiple of 64, head dim 64,
-       width/depth = ``aspect``), then the real tokens for that shape from the one FLOPs
-       convention: ``D = C / flops_per_token(shape)``, rounded down to whole optimizer
-       steps of ``batch_size × block_size`` tokens (so the plan never exceeds the budget).
-
-    Raises :class:`InfeasiblePlan` (an AltgradError) when the budget cannot buy the smallest
-    shape, when the plan has fewer tokens than N/10, or when one batch does not fit in
-    ``memory_fraction`` of device memory.
-    """
-    dev = get_device(device, price_usd=price)
-    mfu = _check_mfu(mfu)
-    budget_usd = float(budget_usd)
-    if not (math.isfinite(budget_usd) and budget_usd > 0):
-        raise InfeasiblePlan(f"budget must be a positive number of USD, got {budget_usd}")
-    if dev.price_usd <= 0:
-        raise InfeasiblePlan(
-            f"device {dev.name} has price 0 USD/h, so a dollar budget buys unbounded compute; "
-            "give a positive price (e.g. price=2.69) to plan from dollars"
-        )
-    if isinstance(n_runs, bool) or not isinstance(n_runs, int) or n_runs < 1:
-        raise InfeasiblePlan(f"n_runs must be a positive integer, got {n_runs!r}")
-    if not (tokens_per_param > 0):
-        raise InfeasiblePlan(f"tokens_per_param must be > 0, got {tokens_per_param}")
-    ffn = _resolve_flops_fn(flops_fn)
-    notes: list[str] = []
-
-    flops_total = budget_usd / dev.price_usd * 3600.0 * dev.peak_flops * mfu
-    C = flops_total / n_runs
-
-    if fit is None:
-        n_target = math.sqrt(C / (6.0 * tokens_per_param))
-        law = f"Chinchilla, D = {tokens_per_param:g}·N, C = 6ND"
-    else:
-        predict = getattr(fit, "predict_n", fit)
-        n_target = float(predict(C))
-        if not (math.isfinite(n_target) and n_target > 0):
-            raise InfeasiblePlan(f"the fitted law predicts N* = {n_target} for C = {eng(C)}; cannot plan")
-        has_kb = hasattr(fit, "k") and hasattr(fit, "b")
-        law = "fitted N*(C) = " + (f"{fit.k:.3g}·C^{fit.b:.3f}" if has_kb else "fit(C)")
-        c_range = getattr(fit, "c_range", None)
-        if c_range is not None and not (c_range[0] <= C <= c_range[1]):
-            notes.append(
-                f"C = {eng(C)} is outside the fit's measured range "
-                f"[{eng(c_range[0])}, {eng(c_range[1])}]: extrapolated"
-            )
-    d_target = C / (6.0 * n_target)
-
-    fam = dict(block_size=block_size, vocab_size=vocab_size, aspect=aspect, head_dim=head_dim, bias=bias)
-    tokens_per_step = batch_size * block_size
-
-    smallest = shape_family(min_layers, **fam)
-    n_small = param_counts(smallest)[1]
-    c_min = ffn(smallest) * max(n_small / 10.0, tokens_per_step)
-    if C < c_min:
-        usd_min = c_min * n_runs / (3600.0 * dev.peak_flops * mfu) * dev.price_usd
-        raise InfeasiblePlan(
-            f"budget {_usd(budget_usd)} buys {eng(C)} FLOPs per run, too little for even the smallest shape "
-            f"(n_layer={smallest.n_layer}, n_embd={smallest.n_embd}, N={n_small:,}), which needs "
-            f"{eng(c_min)} FLOPs per run (max(N/10, one batch) tokens); raise the budget to at least "
-            f"{_usd(usd_min)} or use fewer runs"
-        )
-
-    shape = shape_for_params(n_target, min_layers=min_layers, max_layers=max_layers, **fam)
-    total, nonembed = param_counts(shape)
-    if n_target < n_small:
-        notes.append(f"N* = {_si(n_target)} is below the smallest shape; using n_layer={min_layers}")
-    elif n_target > param_counts(shape_family(max_layers, **fam))[1]:
-        notes.append(f"N* = {_si(n_target)} is above the largest shape (n_layer={max_layers}); clamped")
-
-    fpt = float(ffn(shape))
-    steps = int(C / fpt // tokens_per_step)
-    tokens = steps * tokens_per_step
-    if tokens < nonembed / 10.0:
-        raise InfeasiblePlan(
-            f"the plan trains N={nonembed:,} params on only {tokens:,} tokens (< N/10 = {nonembed // 10:,}); "
-            f"at {eng(fpt)} FLOPs/token the budget per run buys too few tokens for this shape — "
-            "raise the budget, use fewer runs, or plan a smaller model "
-            + ("(raise tokens_per_param)" if fit is None else "(the fitted law asks for too large an N here)")
-        )
-    mem = memory_estimate(
-        shape,
-        batch_size,
-        bytes_per_param=bytes_per_param,
-        activation_bytes=activation_bytes,
-        flash_attention=flash_attention,
-    )
-    if mem.total_bytes > memory_fraction * dev.memory_bytes:
-        raise InfeasiblePlan(
-            f"one batch of {batch_size}x{block_size} tokens for n_layer={shape.n_layer}, n_embd={shape.n_embd} "
-            f"needs ~{mem.total_bytes / 1e9:.1f} GB (state {mem.state_bytes / 1e9:.1f}, activations "
-            f"{mem.activation_bytes / 1e9:.1f}, logits {mem.logits_bytes / 1e9:.1f}) but {dev.name} has "
-            f"{dev.memory_bytes / 1e9:.0f} GB ({memory_fraction:.0%} usable); lower batch_size (use gradient "
-            "accumulation), shorten block_size, use flash attention, or a larger device"
-        )
-    per_run = plan_job("per run", shape, tokens, dev, mfu, flops_fn=ffn)  # the table's own pricing
-    return ComputePlan(
-        budget_usd=budget_usd,
-        device=dev.name,
-        price_usd=dev.price_usd,
-        mfu=mfu,
-        n_runs=n_runs,
-        law=law,
-        flops_per_run=C,
-        n_target=n_target,
-        d_target=d_target,
-        shape=shape,
-        n_params=total,
-        n_params_nonembed=nonembed,
-        flops_per_token=fpt,
-        batch_size=batch_size,
-        steps=steps,
-        tokens=tokens,
-        gpu_hours_per_run=per_run.gpu_hours,
-        usd_per_run=per_run.usd,
-        memory_bytes=mem.total_bytes,
-        notes=tuple(notes),
-    )
+def price_run(
+    name: str, config: RunConfig, *, data_vocab_size: int, device: str | Device, mfu: float, price: float | None
+) -> JobCost:
+    """What one run costs: its training tokens (steps × batch × grad_accum × block) at
+    flops_per_token of its model, times :func:`eval_and_shadow_factor`. A null
+    ``model.vocab_size`` is ``data_vocab_size`` (the prepared corpus's, or an upper bound)."""
+    m, t = config.model, config.train
+    shape = ModelShape(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size,
+                       vocab_size=m.vocab_size or data_vocab_size, bias=m.bias)
+    factor = eval_and_shadow_factor(t)
+    tokens = t.max_steps * t.batch_size * t.grad_accum * m.block_size
+    return plan_job(name, shape, tokens, device=device, mfu=mfu, price=price,
+                    flops_fn=lambda s: factor * flops_per_token(s))

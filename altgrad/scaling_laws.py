@@ -1,4 +1,4 @@
-"""Scaling-law fits: loss vs compute, isoFLOP optima, compute-optimal model size.
+"""Scaling-law fits: loss vs compute, isoFLOP optima, compute-optimal model size (pure math).
 
 Laws (Hoffmann et al. 2022 "Training Compute-Optimal Large Language Models";
 Kumar et al. 2024 "Scaling Laws for Precision" fit the same forms per precision):
@@ -8,8 +8,10 @@ Kumar et al. 2024 "Scaling Laws for Precision" fit the same forms per precision)
 * optimal model size   ``N*(C) = k'·C^b``, ``D*(C) = C / (6·N*)`` so ``C = 6·N*·D*`` exactly.
 
 C is whatever FLOP count the caller measured; use
-:func:`altgrad.analysis.budget.flops_per_token` × tokens so fits and plans agree.
-Degenerate input raises :class:`ScalingInputError` (an AltgradError) with a clear message.
+:func:`altgrad.training.flops.flops_per_token` × tokens so fits and plans agree.
+Degenerate input raises :class:`ScalingInputError` (an AltgradError) with a clear message;
+the input checks (:func:`positive_finite`, :func:`require_distinct`) are public so that a
+sweep can be refused with the fitter's own words before any run is trained.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ __all__ = [
     "fit_optimal_size",
     "format_chinchilla_table",
     "isoflop_optimum",
+    "positive_finite",
+    "require_distinct",
 ]
 
 DEFAULT_BUDGETS = tuple(10.0**e for e in range(15, 22))  # 1e15 ... 1e21 FLOPs, decades
@@ -49,7 +53,8 @@ class ScalingInputError(AltgradError, ValueError):
 # --------------------------------------------------------------------------------------
 
 
-def _positive_finite(name: str, values: Sequence[float] | np.ndarray) -> np.ndarray:
+def positive_finite(name: str, values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """``values`` as a 1-D float array, or :class:`ScalingInputError` naming what is wrong."""
     try:
         arr = np.asarray(values, dtype=float)
     except (TypeError, ValueError) as exc:
@@ -73,14 +78,15 @@ def _positive_finite(name: str, values: Sequence[float] | np.ndarray) -> np.ndar
 
 
 def _pair(xname: str, x, yname: str, y) -> tuple[np.ndarray, np.ndarray]:
-    xa = _positive_finite(xname, x)
-    ya = _positive_finite(yname, y)
+    xa = positive_finite(xname, x)
+    ya = positive_finite(yname, y)
     if xa.size != ya.size:
         raise ScalingInputError(f"{xname} and {yname} have different lengths ({xa.size} vs {ya.size})")
     return xa, ya
 
 
-def _need_distinct(name: str, x: np.ndarray, what: str, k: int = 3) -> None:
+def require_distinct(name: str, x: np.ndarray, what: str, k: int = 3) -> None:
+    """:class:`ScalingInputError` unless ``x`` holds at least ``k`` distinct values of ``what``."""
     n = np.unique(x).size
     if n < k:
         raise ScalingInputError(f"need at least {k} distinct {what} to fit, got {n} ({name}={x.tolist()})")
@@ -182,7 +188,7 @@ def fit_loss_vs_compute(C, L, *, n_boot: int = 200, seed: int = 0) -> Fit:
     (``numpy.random.default_rng(seed)``); resamples with < 3 distinct C are redrawn.
     """
     c, y = _pair("C", C, "L", L)
-    _need_distinct("C", c, "compute budgets")
+    require_distinct("C", c, "compute budgets")
     if np.ptp(y) == 0:
         raise ScalingInputError(f"all losses are equal ({y[0]}): there is no trend to fit")
     x0 = float(np.mean(np.log10(c)))
@@ -257,7 +263,7 @@ def isoflop_optimum(N, L, *, strict: bool = False) -> IsoflopResult:
     (``strict=True`` raises instead). Never extrapolates.
     """
     n, y = _pair("N", N, "L", L)
-    _need_distinct("N", n, "model sizes on the isoFLOP curve")
+    require_distinct("N", n, "model sizes on the isoFLOP curve")
     u = np.log10(n)
     um = float(u.mean())
     g, b, c0 = np.polyfit(u - um, y, 2)
@@ -342,7 +348,7 @@ def fit_optimal_size(C_list, N_opt_list, *, n_boot: int = 1000, seed: int = 0) -
     rejected: drop those budgets explicitly.
     """
     c, nn = _pair("C", C_list, "N_opt", N_opt_list)
-    _need_distinct("C", c, "compute budgets")
+    require_distinct("C", c, "compute budgets")
     x, y = np.log10(c), np.log10(nn)
     b, icpt = _loglog_line(x, y)
     r2 = _r2(y, icpt + b * x)
@@ -389,11 +395,11 @@ def chinchilla_table(
     ``extrapolated`` is True for budgets outside ``measured_range`` (default: the range
     of compute the size law was fitted on).
     """
-    cs = _positive_finite("budgets", list(budgets))
+    cs = positive_finite("budgets", list(budgets))
     if measured_range is None:
         lo, hi = fit.c_range
     else:
-        lo, hi = (float(v) for v in _positive_finite("measured_range", list(measured_range)))
+        lo, hi = (float(v) for v in positive_finite("measured_range", list(measured_range)))
         if lo > hi:
             raise ScalingInputError(f"measured_range must be (low, high), got ({lo:g}, {hi:g})")
     rows = []
