@@ -51,6 +51,7 @@ from altgrad.experiment.runs import MASTER_WEIGHTS, OPTIMIZER_NAMES, SEED_DATA_O
 from altgrad.experiment.sweep import SweepPoint, budget_tag, plan_sweep, point_run_id, sweep_train_overrides
 from altgrad.quantization import FORMAT_NAMES, equivalence_classes
 from altgrad.training.config import ConfigError, RunConfig, did_you_mean
+from altgrad.training.data import prepare_args
 from altgrad.training.tokenizer import GPT2_VOCAB_SIZE
 
 __all__ = ["Experiment", "load_experiment", "read_meta"]
@@ -90,16 +91,8 @@ class Experiment:
 
     def prepare_args(self) -> list[str]:
         """Arguments of ``altgrad prepare`` for this corpus (without ``--out``)."""
-        src = self.corpus["source"]
-        args = ["--source", src["name"]]
-        if src["name"] == "local":
-            args += ["--paths", *src["paths"], "--field", src["field"]]
-        if "split" in src:
-            args += ["--split", src["split"]]
-        args += ["--val-fraction", repr(float(self.corpus["val_fraction"])), "--seed", str(self.corpus["seed"])]
-        if self.corpus["compact_vocab"]:
-            args.append("--compact-vocab")
-        return args
+        c = self.corpus
+        return prepare_args(c["source"], c["val_fraction"], c["seed"], c["compact_vocab"])
 
     def corpus_json(self) -> str:
         return json.dumps(self.corpus, sort_keys=True, separators=(",", ":"))
