@@ -1,6 +1,8 @@
 """The numerics core against ml_dtypes (bit for bit) and against the format definitions."""
 
 import math
+import subprocess
+import sys
 
 import ml_dtypes
 import numpy as np
@@ -22,6 +24,7 @@ from altgrad.quantization import (
     quantize,
     scaled_quantize,
 )
+from altgrad.quantization.formats import per_format_constants
 
 # ml_dtypes type -> the same layout here
 ORACLES = {
@@ -263,6 +266,28 @@ def test_compiled_stochastic_rounding_is_unbiased_reproducible_and_neighbour_onl
     assert torch.equal(a, b) and not torch.equal(a, with_generator(x, torch.Generator().manual_seed(10)))
     lower = quantize(x, "e4m3")  # a and its RNE neighbour differ by at most one step
     assert ((a - lower).abs() <= get_format("e4m3").ulp(x.abs()) * 1.0001).all()
+
+
+def test_one_compiled_quantize_serves_every_format():
+    # Traced, the per-format constants must be trace-time constants (per_format_constants):
+    # one compiled function that has seen two formats otherwise fails on symbolic ints.
+    torch._dynamo.reset()
+    fast = torch.compile(quantize, fullgraph=True)
+    x = torch.randn(4096) * 8
+    for name in ("e4m3", "e5m2", "e3m4", "e7m0", "bf16"):
+        assert bits_equal(fast(x, name).numpy(), quantize(x, name).numpy()).all(), name
+
+
+def test_per_format_constants_are_marked_as_torch_marks_a_constant_result():
+    # Importing altgrad must not import torch._dynamo (~1 s per process): the mark is set
+    # without it. It must be exactly what torch.compiler.assume_constant_result sets.
+    reference = torch.compiler.assume_constant_result(lambda fmt: 0)
+    marks = vars(reference)
+    derived = per_format_constants(lambda fmt: fmt.bits)
+    assert marks and {k: getattr(derived, k, None) for k in marks} == marks
+    assert derived(get_format("e4m3")) == 8
+    code = "import sys, altgrad.nn, altgrad.optim; print('torch._dynamo' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
 def test_signed_zero_nan_and_saturation():

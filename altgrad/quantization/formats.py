@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
@@ -183,12 +184,25 @@ def per_format_constants(derive: Callable[[FloatFormat], T]) -> Callable[[FloatF
     """
     cached = functools.lru_cache(maxsize=None)(derive)
 
-    @torch.compiler.assume_constant_result
     @functools.wraps(derive)
     def constants(fmt: FloatFormat) -> T:
         return cached(fmt)
 
-    return constants
+    return _assume_constant_result(constants)
+
+
+def _assume_constant_result(fn: Callable[..., T]) -> Callable[..., T]:
+    """torch.compiler.assume_constant_result(fn), without importing the compiler at import time.
+
+    The public call imports torch._dynamo (and sympy with it): ~0.9 s of every process that
+    imports altgrad, though most never compile. All it does is set the attribute below, which
+    dynamo reads when it meets the call; a test checks that the public call still marks a
+    function exactly so. Once the compiler is loaded anyway, the public call is used.
+    """
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
 
 
 def _registry() -> dict[str, FloatFormat | None]:
