@@ -417,6 +417,25 @@ def test_delayed_scale_is_max_over_the_history_amax(pow2):
     assert first_zero.scale(torch.zeros(4)).item() == 1.0 and first_zero.current.item() == 1.0
 
 
+@pytest.mark.parametrize("algo", ["max", "most_recent"])
+def test_delayed_peek_is_the_next_scale_and_records_nothing(algo):
+    # peek is what scale would return, without the history, the counter or the scale changing:
+    # before the first call (the tensor's own amax, also a NaN or zero one), after it, and after
+    # a resume from a state saved either side of the first call.
+    fmt = get_format("e4m3")
+    inputs = [torch.tensor([1.0, math.nan]), torch.zeros(3), with_amax(1e-6), with_amax(3.0), with_amax(2.0**-10)]
+    for start in range(len(inputs)):
+        s = DelayedScaling(fmt, history_len=3, algo=algo, pow2=True)
+        for x in inputs[start:]:
+            state = s.state_dict()
+            resumed = DelayedScaling(fmt, history_len=3, algo=algo, pow2=True)
+            resumed.load_state_dict(state)
+            peeked, peeked_resumed = s.peek(x * 7), resumed.peek(x * 7)
+            for k, v in s.state_dict().items():
+                torch.testing.assert_close(v, state[k], rtol=0, atol=0, equal_nan=True)
+            assert torch.equal(peeked, s.scale(x * 7)) and torch.equal(peeked_resumed, resumed.scale(x * 7))
+
+
 def test_delayed_scaling_round_trips_its_state():
     s = DelayedScaling("e4m3", history_len=4, algo="max")
     s.scale(torch.tensor([2.0]))

@@ -57,8 +57,7 @@ class _OperandQuantizer:
     def __call__(self, x: torch.Tensor, generator: torch.Generator, record: bool) -> torch.Tensor:
         if record:
             return scaled_quantize(x, self.fmt, self.scaling, self.rounding, generator, self.stats)
-        # A copy of the scaler sees the same history and is thrown away: nothing is recorded.
-        return scaled_quantize(x, self.fmt, copy.deepcopy(self.scaling), self.rounding, generator)
+        return scaled_quantize(x, self.fmt, self.scaling, self.rounding, generator, record=False)
 
     def to(self, device: torch.device) -> None:
         if isinstance(self.scaling, DelayedScaling):
@@ -183,8 +182,8 @@ class QuantizedLinear(nn.Module):
         if quantizer.scaling is None:
             return torch.ones((), device=weight.device)
         if isinstance(quantizer.scaling, BlockScaling):
-            return scaled_quantize(weight, quantizer.fmt, quantizer.scaling, return_scale=True)[1]
-        return copy.deepcopy(quantizer.scaling).scale(weight)
+            return quantizer.scaling.expand(quantizer.scaling.scale(weight), weight.shape)
+        return quantizer.scaling.peek(weight)
 
     # --- telemetry ------------------------------------------------------------------------
 

@@ -34,9 +34,14 @@ _SCALE_MIN, _SCALE_MAX = 2.0**-126, 2.0**126
 _MX_EXP_MIN, _MX_EXP_MAX = -127, 127  # E8M0's exponent range
 
 
+def _amax(x: torch.Tensor) -> torch.Tensor:
+    """max |x| as a float32 scalar (NaN if x holds one)."""
+    return x.detach().abs().amax().float()
+
+
 def _safe_scale(amax: torch.Tensor, fmt: FloatFormat, margin: int, pow2: bool, fallback: torch.Tensor) -> torch.Tensor:
     """max / (amax * 2^margin), or `fallback` where amax is zero, inf or NaN."""
-    usable = torch.isfinite(amax) & (amax > 0)
+    usable = (amax > 0) & (amax < math.inf)  # isfinite(amax) & (amax > 0), in two plain comparisons
     # tensor / tensor divides correctly rounded (number / tensor multiplies by a reciprocal);
     # a tiny amax overflows the quotient to inf, which the clamp makes 2^126
     quotient = torch.full_like(amax, fmt.max_value * 2.0**-margin) / amax
@@ -55,7 +60,9 @@ class CurrentScaling:
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         one = torch.ones((), device=x.device)
-        return _safe_scale(x.detach().abs().amax().float(), self.fmt, self.margin, self.pow2, one)
+        return _safe_scale(_amax(x), self.fmt, self.margin, self.pow2, one)
+
+    peek = scale  # nothing to record
 
 
 class DelayedScaling:
@@ -78,20 +85,33 @@ class DelayedScaling:
         self.amax_history = torch.zeros(history_len, device=device)
         self.current = torch.ones((), device=device)  # scale used for the next call
         self.calls = torch.zeros((), dtype=torch.int64, device=device)
+        self._recorded = False
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         """The scale for this call (from history), then record this call's amax."""
         if self.amax_history.device != x.device:
             self.to(x.device)
-        used = self.current.clone()
+        used = self.current  # never written in place: every update binds a new tensor
         first = self.calls == 0  # no history yet: fall back to the current tensor's amax
-        amax = x.detach().abs().amax().float()
-        self.amax_history = torch.roll(self.amax_history, 1)
-        self.amax_history[0] = amax
+        amax = _amax(x)
+        # newest first: the history rolled by one with this amax at [0]
+        self.amax_history = torch.cat([amax.view(1).to(self.amax_history.dtype), self.amax_history[:-1]])
         self.calls += 1
+        self._recorded = True  # calls > 0, known on the host (peek reads it without a sync)
         known = self.amax_history[0] if self.algo == "most_recent" else self.amax_history.amax()
         self.current = _safe_scale(known, self.fmt, self.margin, self.pow2, self.current)
         return torch.where(first, self.current, used)
+
+    def peek(self, x: torch.Tensor) -> torch.Tensor:
+        """What `scale(x)` would return now, recording nothing (the state is left as it is).
+
+        After the first call that is the current scale, whatever x is; before it, the scale of
+        x's own amax. A new tensor on x's device.
+        """
+        current = self.current.to(x.device)
+        if self._recorded:
+            return current.clone()
+        return _safe_scale(_amax(x), self.fmt, self.margin, self.pow2, current)
 
     def to(self, device) -> "DelayedScaling":
         self.amax_history, self.current, self.calls = (t.to(device) for t in (self.amax_history, self.current, self.calls))
@@ -108,6 +128,7 @@ class DelayedScaling:
             )
         device = self.amax_history.device
         self.amax_history, self.current, self.calls = (state[k].to(device).clone() for k in ("amax_history", "current", "calls"))
+        self._recorded = bool(self.calls != 0)
 
 
 class BlockScaling:
@@ -131,11 +152,18 @@ class BlockScaling:
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         """Per-block multipliers 2^-X, shape (..., n_blocks, 1)."""
         amax = self._blocks(x.detach().float()).abs().amax(dim=-1, keepdim=True)
-        usable = torch.isfinite(amax) & (amax > 0)
+        usable = (amax > 0) & (amax < math.inf)  # isfinite(amax) & (amax > 0), in two plain comparisons
         # floor(log2(amax)) from frexp, exactly (float32 log2 rounds 2^k - ulp up to k)
         exponent = torch.frexp(amax).exponent - 1 - self.elem_emax
         exponent = torch.where(usable, exponent, torch.zeros_like(exponent))
         return torch.ldexp(torch.ones_like(amax), -exponent.clamp(_MX_EXP_MIN, _MX_EXP_MAX))
+
+    peek = scale  # nothing to record
+
+    def expand(self, s: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Per-block multipliers from `scale` as one per element of a tensor of `shape`."""
+        blocks = (*shape[:-1], -(-shape[-1] // self.block_size), self.block_size)
+        return s.expand(blocks).reshape(*shape[:-1], -1)[..., : shape[-1]]
 
 
 Scaling = CurrentScaling | DelayedScaling | BlockScaling
@@ -149,10 +177,12 @@ def scaled_quantize(
     generator: torch.Generator | None = None,
     stats: QuantStats | None = None,
     return_scale: bool = False,
+    record: bool = True,
 ):
     """quantize(x * s) / s with s from `scaling` (no scaling: s = 1). Float32 result, x's shape.
 
-    With `return_scale=True` also returns s broadcast to x's shape.
+    With `return_scale=True` also returns s broadcast to x's shape. With `record=False` the
+    scaler is only read (its `peek`): a delayed scaler's history is left as it was.
     """
     fmt = get_format(fmt)
     if scaling is None:
@@ -165,10 +195,10 @@ def scaled_quantize(
         y = quantize(blocks * s, fmt, rounding, generator=generator, stats=stats) / s
         y = y.reshape(*x.shape[:-1], -1)[..., :n]
         if return_scale:
-            s = s.expand_as(blocks).reshape(*x.shape[:-1], -1)[..., :n]
+            s = scaling.expand(s, x.shape)
     else:
-        s = scaling.scale(x)
-        y = quantize(x.float() * s, fmt, rounding, generator=generator, stats=stats) / s
+        s = scaling.scale(x) if record else scaling.peek(x)
+        y = quantize(x.float() * s, fmt, rounding, generator=generator, stats=stats).div_(s)
     return (y, s.expand_as(y)) if return_scale else y
 
 
