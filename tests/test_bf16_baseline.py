@@ -8,8 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from altgrad.nn import (
+    LayerRule,
     PrecisionRecipe,
-    PrecisionRule,
     QuantizedLinear,
     quantize_model,
     quantized_layers,
@@ -122,7 +122,7 @@ def test_bf16_layer_rounds_gradients_stochastically_onto_bfloat16():
 def test_bf16_model_reports_bf16_weights_and_rules_with_none_stay_high_precision():
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=32))
-    report = quantize_model(model, bf16_recipe(), [PrecisionRule("*.mlp.*", None)])
+    report = quantize_model(model, bf16_recipe(), [LayerRule("*.mlp.*", None)])
     layers = quantized_layers(model)
     assert sorted(layers) == sorted(f"transformer.h.{i}.attn.{p}" for i in range(2) for p in ("c_attn", "c_proj"))
     assert report.quantized == sorted(layers) and "transformer.h.0.mlp.c_fc" in report.high_precision
