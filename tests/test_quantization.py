@@ -26,6 +26,8 @@ from altgrad.quantization import (
 )
 from altgrad.quantization.formats import per_format_constants
 
+quantize_module = sys.modules["altgrad.quantization.quantize"]
+
 # ml_dtypes type -> the same layout here
 ORACLES = {
     "float8_e5m2": FloatFormat(5, 2, specials="ieee"),
@@ -297,7 +299,12 @@ def test_signed_zero_nan_and_saturation():
     assert math.isnan(q[3]) and q[4] == 448 and q[5] == -448
 
 
-def test_telemetry_counts_match_a_hand_count():
+@pytest.mark.parametrize("counted_by", ["float sum", "count_nonzero"])
+def test_telemetry_counts_match_a_hand_count(counted_by, monkeypatch):
+    # eager counts are float32 sums below 2^24 elements (exact there), count_nonzero above
+    if counted_by == "count_nonzero":
+        monkeypatch.setattr(quantize_module, "_FLOAT_SUM_EXACT", 1)
+    assert torch.ones(2**24 - 1).sum().item() == 2**24 - 1  # the premise, at its limit
     fmt = get_format("e4m3")  # min subnormal 2^-9, min normal 2^-6, max 448
     x = torch.tensor([0.0, 1.0, 2.0**-11, -(2.0**-8), 500.0, -1e4, math.inf, math.nan, 2.0**-7, 450.0])
     # underflow: 2^-11 -> 0 (1). subnormal results: -2^-8, 2^-7 (2). overflow, inputs beyond
