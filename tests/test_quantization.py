@@ -380,6 +380,10 @@ def test_current_scale_is_max_over_amax_for_every_finite_nonzero_amax(pow2, marg
     e0m7 = get_format("e0m7")  # max 127/128: a huge amax hits the lower clamp
     assert CurrentScaling(e0m7, pow2=pow2).scale(with_amax(3e38)).item() == 2.0**-126
     assert CurrentScaling(e0m7, pow2=pow2).scale(with_amax(1.0)).item() == expected_scale(e0m7, 1.0, 0, pow2)
+    # every binade of float32 (subnormals included), at random mantissas
+    bits = np.random.default_rng(margin).integers(1, 0x7F800000, size=2000, dtype=np.int64).astype(np.int32)
+    for amax in bits.view(np.float32).tolist():
+        assert scaling.scale(torch.tensor([amax])).item() == expected_scale(fmt, amax, margin, pow2), amax
 
 
 def test_scale_examples_and_a_std_1e_7_tensor_that_survives():

@@ -32,6 +32,7 @@ from .quantize import QuantStats, quantize
 SCALING_KINDS = ("delayed", "current", "block", "none")  # make_scaling's names
 _SCALE_MIN, _SCALE_MAX = 2.0**-126, 2.0**126
 _MX_EXP_MIN, _MX_EXP_MAX = -127, 127  # E8M0's exponent range
+_EXPONENT_BITS = 0x7F800000  # of a float32
 
 
 def _amax(x: torch.Tensor) -> torch.Tensor:
@@ -47,8 +48,10 @@ def _safe_scale(amax: torch.Tensor, fmt: FloatFormat, margin: int, pow2: bool, f
     quotient = torch.full_like(amax, fmt.max_value * 2.0**-margin) / amax
     scale = torch.where(usable, quotient, fallback).clamp(_SCALE_MIN, _SCALE_MAX)
     if pow2:
-        # frexp's exponent is exact; float32 log2 rounds a scale just below 2^k up to k
-        scale = torch.ldexp(torch.ones_like(scale), torch.frexp(scale).exponent - 1)
+        # 2^floor(log2 s): s with its mantissa bits cleared. Exact: s is a positive normal
+        # float32 here (the clamp; neither side of the where is NaN), and one op where
+        # ldexp(1, frexp(s).exponent - 1) took four. (float32 log2 rounds 2^k - ulp up to k.)
+        scale = scale.view(torch.int32).bitwise_and(_EXPONENT_BITS).view(torch.float32)
     return scale
 
 
@@ -88,19 +91,25 @@ class DelayedScaling:
         self._recorded = False
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
-        """The scale for this call (from history), then record this call's amax."""
+        """The scale for this call (from history), then record this call's amax. The result
+        may be a tensor the scaler keeps: read it, do not write to it."""
         if self.amax_history.device != x.device:
             self.to(x.device)
         used = self.current  # never written in place: every update binds a new tensor
-        first = self.calls == 0  # no history yet: fall back to the current tensor's amax
+        if torch.compiler.is_compiling():  # traced: no branch on host state (it would recompile)
+            first = self.calls == 0
         amax = _amax(x)
         # newest first: the history rolled by one with this amax at [0]
         self.amax_history = torch.cat([amax.view(1).to(self.amax_history.dtype), self.amax_history[:-1]])
-        self.calls += 1
-        self._recorded = True  # calls > 0, known on the host (peek reads it without a sync)
         known = self.amax_history[0] if self.algo == "most_recent" else self.amax_history.amax()
         self.current = _safe_scale(known, self.fmt, self.margin, self.pow2, self.current)
-        return torch.where(first, self.current, used)
+        if torch.compiler.is_compiling():
+            used = torch.where(first, self.current, used)
+        elif not self._recorded:  # no history yet: the scale of this tensor's own amax
+            used = self.current
+        self.calls += 1
+        self._recorded = True  # calls > 0, known on the host (peek reads it without a sync)
+        return used
 
     def peek(self, x: torch.Tensor) -> torch.Tensor:
         """What `scale(x)` would return now, recording nothing (the state is left as it is).
