@@ -204,3 +204,22 @@ def test_with_overrides_validates():
 def test_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         RunConfig().train.lr = 1.0  # type: ignore[misc]
+
+
+def test_the_experiment_keys_of_ablation_lr_multipliers_and_baseline_are_documented_with_their_defaults():
+    """config/README.md (generated from the schema) says what each new key does and its default."""
+    import re
+    from pathlib import Path
+
+    from altgrad.experiment.config import with_defaults
+
+    text = (Path(__file__).resolve().parents[1] / "config" / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([^`]+)` \| [^|]+ \| ([^|]+) \|", text, re.M))
+    assert rows["lr_multipliers"] == "`[1]`" and rows["baseline.format"] == "`bf16`"
+    assert rows["baseline.optimizers"] == "`[adamw]`" and rows["ablation.sites"] == "`[weight, activation, gradient]`"
+    assert rows["ablation.formats"] == "required" and rows["ablation.optimizers"] == "`[adamw]`"
+    assert "ablation.seeds" in rows and "ablation.master_weights" in rows
+    assert "e4m3-weightonly-adamw-s0" in text and "-lr{m}x" in text and "e4m3-manifold-s0-lr0.5x" in text
+    c = with_defaults({})
+    assert c["lr_multipliers"] == [1] and c["baseline"] == {"format": "bf16", "optimizers": ["adamw"]}
+    assert "ablation" not in c  # an optional section stays absent

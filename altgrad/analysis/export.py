@@ -30,8 +30,8 @@ from altgrad.files import atomic_write
 
 __all__ = ["LABEL_COLUMNS", "export_runs", "read_run"]
 
-LABEL_COLUMNS = ("run_id", "format", "optimizer", "master_weights", "seed", "tag", "origin",
-                 "weight", "activation", "gradient", "config_hash")
+LABEL_COLUMNS = ("run_id", "format", "optimizer", "master_weights", "seed", "tag", "origin", "site",
+                 "lr_multiplier", "weight", "activation", "gradient", "config_hash")
 _SUMMARY_SCALARS = ("status", "diverged_at", "steps", "tokens", "wall_time_s", "final_val_loss", "best_val_loss",
                     "final_val_ppl", "flops", "params_total", "params_non_embedding", "device")
 

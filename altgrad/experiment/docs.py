@@ -48,8 +48,10 @@ _RUN_INTRO = """\
 are what `recipes` entries (the `precision` keys), `extra_runs[].overrides` (any key, nested
 or dotted: `train.lr: 3.0e-4`) and `scaling.train` (the `train` keys) change. An experiment
 sets `train.seed` and `train.data_seed` from each run's seed, `precision.weight`,
-`activation`, `gradient` from its format, and `optimizer.name` and `master_weights` from the
-matrix; `data` is filled in from `corpus` and may not be given. `altgrad train --config
+`activation`, `gradient` from its format (an ablation run: its site from the format, the
+others from `baseline.format`), `optimizer.name` and `master_weights` from the matrix, and
+multiplies `train.lr` and `train.min_lr` (and a set `optimizer.ulp_lr`/`grid_lr`) by its
+`lr_multipliers` entry; `data` is filled in from `corpus` and may not be given. `altgrad train --config
 FILE` reads the same keys (all of them optional) as a single run's config.
 """
 

@@ -6,7 +6,12 @@ expands it into :class:`~altgrad.experiment.runs.Run` objects. The Snakefile loa
 per invocation, and ``altgrad plan`` the same way, so a config means the same thing
 everywhere:
 
-* ``grid``, ``ab``, ``extra_runs`` -> ``runs``, the comparison matrix (export, the report);
+* ``grid``, ``ab``, ``extra_runs`` -> ``runs``, the comparison matrix (export, the report):
+  each product section's formats x optimizers x master_weights x seeds x ``lr_multipliers``,
+  except the ``baseline`` format with an optimizer its ``baseline.optimizers`` does not list;
+* ``ablation`` -> more of ``runs``: per format, site, optimizer and seed, a run that quantizes
+  only that site (weight, activation or gradient) with the format and the others with the
+  baseline's (at the base learning rate);
 * ``scaling`` -> ``sweep_runs``, the scaling study's isoFLOP sweep
   (:mod:`altgrad.experiment.sweep`), trained by the same train rule but not in the matrix;
 * ``budget`` -> every job priced (:mod:`altgrad.experiment.pricing`), the budget table and
@@ -47,7 +52,16 @@ from altgrad.experiment.pricing import (
     memory_estimate,
     price_run,
 )
-from altgrad.experiment.runs import MASTER_WEIGHTS, OPTIMIZER_NAMES, SEED_DATA_OFFSET, Run, run_id
+from altgrad.experiment.runs import (
+    ALL_SITES,
+    MASTER_WEIGHTS,
+    OPTIMIZER_NAMES,
+    OPTIMIZER_SHORT,
+    SEED_DATA_OFFSET,
+    SITES,
+    Run,
+    run_id,
+)
 from altgrad.experiment.sweep import SweepPoint, budget_tag, plan_sweep, point_run_id, sweep_train_overrides
 from altgrad.quantization import FORMAT_NAMES, equivalence_classes
 from altgrad.training.config import ConfigError, RunConfig, did_you_mean
@@ -64,8 +78,8 @@ CUDA_THREADS = 4  # CPU threads of a GPU train job (data loading, the host side)
 class Experiment:
     """A validated experiment: the corpus, the runs (in config order) and the budget.
 
-    ``runs`` is the comparison matrix (grid, ab, extra_runs: what export and the report
-    read); ``sweep_runs`` the scaling sweep's runs, one per ``sweep_points`` entry;
+    ``runs`` is the comparison matrix (grid, ab, ablation, extra_runs: what export and the
+    report read); ``sweep_runs`` the scaling sweep's runs, one per ``sweep_points`` entry;
     ``train_runs`` both (what the train rule can make).
     """
 
@@ -164,8 +178,9 @@ class Experiment:
             return check_budget([*self.jobs(meta), *self.sweep_jobs(meta)], self.budget["usd"])
         except BudgetExceeded as e:
             raise BudgetExceeded(
-                f"{e} Knobs in the config: grid.formats/optimizers/master_weights/seeds, ab, "
-                "extra_runs, run.train.max_steps/batch_size, run.model.*, scaling.formats/budgets/sizes, "
+                f"{e} Knobs in the config: grid.formats/optimizers/master_weights/seeds, ab, ablation, "
+                "lr_multipliers, extra_runs, run.train.max_steps/batch_size, run.model.*, "
+                "scaling.formats/budgets/sizes, "
                 "budget.device/mfu/price_usd_per_hour, budget.usd.",
                 total_usd=e.total_usd, budget_usd=e.budget_usd,
             ) from None
@@ -222,10 +237,18 @@ def load_experiment(
     names = _Names(c["recipes"] if isinstance(c["recipes"], dict) else {}, base if base_cfg is not None else None,
                    problems)
 
-    specs = [*_product(c, "grid", names), *_product(c, "ab", names), *_extra_runs(c, names)]
+    baseline = _baseline(c, names)
+    multipliers = [float(m) for m in c["lr_multipliers"] if _is_number(m)] if isinstance(
+        c["lr_multipliers"], list) else [1.0]
+    if isinstance(c["lr_multipliers"], list) and c["lr_multipliers"] and 1.0 not in multipliers:
+        problems.append("lr_multipliers: must hold 1 (the base learning rate, at which the report pairs the "
+                        "formats and the ablation runs), e.g. [0.5, 1, 2]")
+    specs = [*_product(c, "grid", names, baseline, multipliers), *_product(c, "ab", names, baseline, multipliers)]
+    ablation = _ablation(c, names, baseline, specs)
+    specs += [*ablation, *_extra_runs(c, names)]
     runs = _matrix_runs(specs, base, base_cfg, names, problems)
     if not specs and not problems:
-        problems.append("grid/ab/extra_runs: the experiment has no runs")
+        problems.append("grid/ab/ablation/extra_runs: the experiment has no runs")
     if not c["allow_equivalent"]:
         problems += _equivalent_formats(runs)
 
@@ -333,13 +356,45 @@ class _Names:
 
 
 def _spec(fmt: str, optimizer: str, master_weights: str, seed: int, origin: str, tag: str | None = None,
-          overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+          overrides: Mapping[str, Any] | None = None, site: str = ALL_SITES, lr_multiplier: float = 1.0,
+          precision: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return dict(format=fmt, optimizer=optimizer, master_weights=master_weights, seed=seed, tag=tag,
-                overrides=dict(overrides or {}), origin=origin)
+                overrides=dict(overrides or {}), origin=origin, site=site, lr_multiplier=lr_multiplier,
+                precision=precision)
 
 
-def _product(c: Mapping[str, Any], section: str, names: _Names) -> list[dict[str, Any]]:
-    """The runs of a product section (``grid``, ``ab``), in config order."""
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def _seeds(values: Any) -> list[int]:
+    return [s for s in values if isinstance(s, int) and not isinstance(s, bool) and s >= 0] \
+        if isinstance(values, list) else []
+
+
+@dataclass(frozen=True)
+class _Baseline:
+    format: str
+    optimizers: tuple[str, ...]  # RunConfig names
+
+    def runs_with(self, fmt: str, optimizer: str) -> bool:
+        """Whether a product section makes this format x optimizer: the baseline format only
+        with the optimizers ``baseline.optimizers`` lists (a geometry-aware optimizer has no
+        8-bit grid to act on there, and the report leaves the baseline out of optimizer effects)."""
+        return fmt != self.format or optimizer in self.optimizers
+
+
+def _baseline(c: Mapping[str, Any], names: _Names) -> _Baseline:
+    b = c["baseline"] if isinstance(c.get("baseline"), dict) else {}
+    fmt = b.get("format") if isinstance(b.get("format"), str) else "bf16"
+    opts = b.get("optimizers") if isinstance(b.get("optimizers"), list) else list(OPTIMIZER_SHORT)
+    return _Baseline(fmt, tuple(o for o in map(names.optimizer, opts) if o is not None))
+
+
+def _product(c: Mapping[str, Any], section: str, names: _Names, baseline: _Baseline,
+             multipliers: list[float]) -> list[dict[str, Any]]:
+    """The runs of a product section (``grid``, ``ab``), in config order, the learning-rate
+    multipliers innermost; the baseline format only with the baseline's optimizers."""
     sec = c.get(section)
     if not isinstance(sec, dict):
         return []
@@ -349,8 +404,65 @@ def _product(c: Mapping[str, Any], section: str, names: _Names) -> list[dict[str
     fmts = [f for i, f in enumerate(lists["formats"]) if names.format(f, f"{section}.formats[{i}]")]
     opts = [o for o in map(names.optimizer, lists["optimizers"]) if o is not None]
     mws = [m for m in lists["master_weights"] if m in MASTER_WEIGHTS]
-    seeds = [s for s in lists["seeds"] if isinstance(s, int) and not isinstance(s, bool) and s >= 0]
-    return [_spec(f, o, m, s, section) for f in fmts for o in opts for m in mws for s in seeds]
+    seeds = _seeds(lists["seeds"])
+    return [_spec(f, o, m, s, section, lr_multiplier=x)
+            for f in fmts for o in opts if baseline.runs_with(f, o) for m in mws for s in seeds for x in multipliers]
+
+
+def _ablation(c: Mapping[str, Any], names: _Names, baseline: _Baseline,
+              arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``ablation`` block's runs: per format x site x optimizer x master_weights x seed, the
+    format on that site and the baseline format on the others (seeds default: the grid's).
+
+    Not expanded by ``lr_multipliers``: an ablation run decomposes its format's gap to the
+    baseline at the base learning rate, so it needs the full run and the baseline run of its
+    seed at multiplier 1, which must be in the matrix (a problem otherwise).
+    """
+    sec = c.get("ablation")
+    if not isinstance(sec, dict):
+        return []
+    if "seeds" not in sec and isinstance(c["grid"], dict):  # a derived default, filled in like ab's
+        sec["seeds"] = copy.deepcopy(c["grid"].get("seeds"))
+    lists = {k: sec.get(k) for k in ("formats", "sites", "optimizers", "master_weights", "seeds")}
+    if not all(isinstance(v, list) for v in lists.values()):
+        return []  # the schema reports it
+    fmts = []
+    for i, f in enumerate(lists["formats"]):
+        where = f"ablation.formats[{i}]"
+        if isinstance(f, str) and f in names.recipes:
+            names.problems.append(f"{where}: {f!r} is a recipe; an ablation quantizes one site with a registry "
+                                  "format (the others with the baseline's)")
+        elif f == baseline.format:
+            names.problems.append(f"{where}: {f!r} is the baseline format, which every site of an ablation run "
+                                  "already has; list the formats to decompose")
+        elif names.format(f, where):
+            fmts.append(f)
+    sites = [s for s in lists["sites"] if s in SITES]
+    opts = [o for o in map(names.optimizer, lists["optimizers"]) if o is not None]
+    mws = [m for m in lists["master_weights"] if m in MASTER_WEIGHTS]
+    seeds = _seeds(lists["seeds"])
+
+    # the baseline run every gap is measured against: AdamW's when the baseline runs with it
+    control = "adamw" if "adamw" in baseline.optimizers or not baseline.optimizers else baseline.optimizers[0]
+    at_base_lr = {(a["format"], a["optimizer"], a["master_weights"], a["seed"]) for a in arms
+                  if a["lr_multiplier"] == 1.0}
+    missing = []
+    for f in fmts:
+        for o in opts:
+            for m in mws:
+                for s in seeds:
+                    for need in ((f, o, m, s), (baseline.format, control, "fp32", s)):
+                        rid = run_id(*need)
+                        if need not in at_base_lr and rid not in missing:
+                            missing.append(rid)
+    if missing:
+        names.problems.append(
+            f"ablation: its runs are decomposed against the full runs and the baseline runs of their seeds at "
+            f"lr multiplier 1, which grid/ab do not make: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}"
+            "; add them to grid (formats, optimizers, seeds) or narrow the ablation")
+    return [_spec(f, o, m, s, "ablation", site=site, precision={
+                k: (f if k == site else baseline.format) for k in SITES})
+            for f in fmts for site in sites for o in opts for m in mws for s in seeds]
 
 
 def _extra_runs(c: Mapping[str, Any], names: _Names) -> list[dict[str, Any]]:
@@ -376,15 +488,18 @@ def _matrix_runs(specs: list[dict[str, Any]], base: dict[str, Any], base_cfg: Ru
     runs: dict[str, Run] = {}
     origins: dict[str, list[str]] = {}
     for spec in specs:
-        rid = run_id(spec["format"], spec["optimizer"], spec["master_weights"], spec["seed"], spec["tag"])
+        rid = run_id(spec["format"], spec["optimizer"], spec["master_weights"], spec["seed"], spec["tag"],
+                     site=spec["site"], lr_multiplier=spec["lr_multiplier"])
         origins.setdefault(rid, []).append(spec["origin"])
         if base_cfg is None or rid in runs:
             continue
         d = merge({
-            "precision": names.precision(spec["format"]),
+            "precision": spec["precision"] or names.precision(spec["format"]),
             "optimizer": {"name": spec["optimizer"], "master_weights": spec["master_weights"]},
             "train": {"seed": spec["seed"], "data_seed": SEED_DATA_OFFSET + spec["seed"]},
         }, into=copy.deepcopy(base))
+        if spec["lr_multiplier"] != 1.0:
+            merge(_scaled_lrs(base_cfg, spec["lr_multiplier"]), into=d)
         over = overrides_tree(spec["overrides"])
         if "data" in over:
             problems.append(f"{spec['origin']}.overrides.data: the data paths come from `corpus`")
@@ -393,7 +508,8 @@ def _matrix_runs(specs: list[dict[str, Any]], base: dict[str, Any], base_cfg: Ru
         cfg = _build_config(d, f"{spec['origin']} ({rid})" if spec["origin"].startswith("extra") else rid, problems)
         if cfg is not None:
             runs[rid] = Run(rid, spec["format"], spec["optimizer"], spec["master_weights"], spec["seed"],
-                            spec["origin"], cfg, spec["tag"])
+                            spec["origin"], cfg, spec["tag"], site=spec["site"],
+                            lr_multiplier=spec["lr_multiplier"])
     for rid, where in origins.items():
         if len(where) > 1:
             problems.append(
@@ -401,6 +517,18 @@ def _matrix_runs(specs: list[dict[str, Any]], base: dict[str, Any], base_cfg: Ru
                 "extra run a distinct `tag`"
             )
     return runs
+
+
+def _scaled_lrs(base_cfg: RunConfig, m: float) -> dict[str, Any]:
+    """The base run's learning-rate schedule times ``m``: lr and min_lr (the cosine's shape is
+    kept), and the uncalibrated geometry-aware step sizes when they are set (a calibrated one
+    follows lr by itself)."""
+    t, o = base_cfg.train, base_cfg.optimizer
+    out: dict[str, Any] = {"train": {"lr": t.lr * m, "min_lr": t.min_lr * m}}
+    for key in ("ulp_lr", "grid_lr"):
+        if getattr(o, key) is not None:
+            out.setdefault("optimizer", {})[key] = getattr(o, key) * m
+    return out
 
 
 def _sweep(
