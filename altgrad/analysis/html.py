@@ -7,8 +7,10 @@
 
 ``summary_df``/``metrics_df`` are the tables of :func:`altgrad.analysis.export.export_runs`
 (the summary already holds :func:`altgrad.analysis.run_table.run_table`'s columns).
-Page order: verdict (with ranking and A/B tables), failure attribution (rules and thresholds
-printed), figures, per-run table, setup, budget planned vs spent, reproducibility footer.
+Page order: verdict (with the ranking, A/B and lr-multiplier tables; a failed E0M7 calibration
+check shown as a warning), failure attribution (the ablation's split of each gap by site, then the
+heuristic rules and thresholds printed), figures, per-run table, setup, budget planned vs spent,
+reproducibility footer.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ from typing import Any
 
 import pandas as pd
 
-from altgrad.analysis.attribution import Thresholds, describe_rules
-from altgrad.analysis.run_table import arm_label, optimizer_name
-from altgrad.analysis.verdict import NO_CI, Verdict, build_verdict
+from altgrad.analysis.attribution import EARLY_GAP_RULE, Thresholds, describe_rules
+from altgrad.analysis.run_table import arm_label, ensure_run_table, optimizer_name, paired
+from altgrad.analysis.verdict import NO_CI, NULL_FORMAT, Verdict, build_verdict
 from altgrad.quantization import FORMAT_NAMES, equivalence_classes
 
 __all__ = ["ReportContext", "esc", "fmt_num", "img", "page", "render_report", "table"]
@@ -167,7 +169,14 @@ td.evidence { color: var(--muted); font-size: .78rem; border-top: none; padding-
 table.attr tr:has(+ tr td.evidence) td { border-bottom: none; }
 footer { margin-top: 2.5rem; color: var(--muted); font-size: .85rem; }
 .cause-stable { color: #1c7c2c; } .cause-baseline { color: var(--muted); }
-.cause-forward, .cause-gradient, .cause-update, .cause-unattributed { color: var(--badink); font-weight: 600; }
+.cause-forward, .cause-gradient, .cause-update, .cause-unattributed, .cause-weight, .cause-activation,
+.cause-interaction { color: var(--badink); font-weight: 600; }
+.cause-none { color: #1c7c2c; } .cause-open { color: var(--muted); font-style: italic; }
+.verdict p.flag { background: var(--bad); border: 2px solid var(--badink); border-radius: 4px; padding: .4rem .6rem;
+                  color: var(--badink); }
+.verdict p.flag b { color: var(--badink); }
+tr.flagged td { background: var(--bad); color: var(--badink); font-weight: 600; }
+span.note { color: var(--muted); font-size: .75rem; }
 """
 
 
@@ -245,68 +254,156 @@ def page(title: str, body: str) -> str:
 # --------------------------------------------------------------------------- sections
 
 
+def _ci_cell(lo: Any, hi: Any, n: int) -> str:
+    return (f"{fmt_num(lo, 'gap')} to {fmt_num(hi, 'gap')}" if n >= 2 else NO_CI if n == 1 else "–")
+
+
+def _yes_no(x: Any) -> str:
+    return ("–" if x is None or _missing(x) else '<span class="yes">yes</span>' if x else '<span class="no">no</span>')
+
+
 def _verdict_section(v: Verdict) -> str:
-    paras = "".join(f"<p><b>{esc(h)}.</b> {esc(t)}</p>" for h, t in v.lines)
+    paras = "".join(f'<p class="flag"><b>⚠ {esc(h)}.</b> {esc(t)}</p>' if h in v.flags else
+                    f"<p><b>{esc(h)}.</b> {esc(t)}</p>" for h, t in v.lines)
     out = [f'<h2 id="verdict">Verdict</h2><div class="verdict">{paras}</div>']
     rk = v.ranking
+    multi = bool((v.lr["multipliers"].map(len) > 1).any()) if len(v.lr) else False
     if not rk.table.empty:
         what = "gap to BF16 (nats)" if rk.metric == "gap_to_bf16" else "final val loss (nats; no BF16 baseline)"
         rows = []
-        for _, r in rk.table.iterrows():
-            ci = (f"{fmt_num(r['ci_low'], 'gap')} to {fmt_num(r['ci_high'], 'gap')}" if r["n"] >= 2 else
-                  NO_CI if r["n"] == 1 else "–")
+        t = rk.table
+        for i, r in t.iterrows():
+            nxt = "–"
+            if i + 1 < len(t) and r["n"] and t.iloc[i + 1]["n"]:
+                p = paired(dict(zip(r["seeds"], r["values"])), dict(zip(t.iloc[i + 1]["seeds"], t.iloc[i + 1]["values"])))
+                nxt = (f"{p.mean:+.4f}" + (f" [{p.ci_low:+.4f}, {p.ci_high:+.4f}]" if p.n >= 2 else " (1 seed)")
+                       if p.n else "–")
             rows.append([str(int(r["rank"])), esc(r["format"]), esc(optimizer_name(r["optimizer"])),
-                         fmt_num(r["mean"], "gap" if rk.metric == "gap_to_bf16" else "loss"), esc(ci),
-                         f"{int(r['n'])} of {int(r['n_seeds'])}", esc(r["diverged"] or "–")])
+                         fmt_num(r["mean"], "gap" if rk.metric == "gap_to_bf16" else "loss"),
+                         esc(_ci_cell(r["ci_low"], r["ci_high"], int(r["n"]))),
+                         f"{int(r['n'])} of {int(r['n_seeds'])}", esc(nxt)]
+                        + ([f"×{r['lr_multiplier']:g}"] if multi else []) + [esc(r["diverged"] or "–")])
         out.append(f"<h3>Ranking of formats by {esc(what)}, {esc(optimizer_name(rk.optimizer))} runs</h3>")
+        out.append('<p class="sub">Each format\'s gap is paired by seed with the BF16 run of the same seed (same '
+                   "initial weights and batches). <i>vs next</i>: this format minus the next one, paired by seed, with "
+                   "its 95% CI; a format is named first only when that interval excludes 0.</p>")
         out.append(table([("rank", False), ("format", True), ("optimizer", True), ("mean " + what, False),
-                           ("95% CI (t, over seeds)", True), ("seeds used", False), ("diverged", True)], rows,
-                          row_classes=["diverged" if r["n_diverged"] else "" for _, r in rk.table.iterrows()],
+                           ("95% CI (t, over seeds)", True), ("seeds used", False), ("vs next (paired)", False)]
+                          + ([("lr multiplier", False)] if multi else []) + [("diverged", True)], rows,
+                          row_classes=["diverged" if r["n_diverged"] else "" for _, r in t.iterrows()],
                           table_id="ranking-table"))
     if not v.effects.empty:
         rows = []
+        null_key = (v.null["format"], v.null["optimizer"]) if v.null else None
         for _, r in v.effects.iterrows():
-            ci = (f"{fmt_num(r['ci_low'], 'gap')} to {fmt_num(r['ci_high'], 'gap')}" if r["n_pairs"] >= 2 else
-                  NO_CI if r["n_pairs"] == 1 else "–")
-            ex = ("–" if r["excludes_zero"] is None or r["n_pairs"] < 2 else
-                  '<span class="yes">yes</span>' if r["excludes_zero"] else '<span class="no">no</span>')
             div = "; ".join(s for s in (
                 f"{optimizer_name(r['optimizer'])}: seed {', '.join(map(str, r['diverged_geo']))}" if r["diverged_geo"] else "",
                 f"AdamW: seed {', '.join(map(str, r['diverged_ref']))}" if r["diverged_ref"] else "") if s)
-            rows.append([esc(arm_label(r["format"], r["optimizer"], r["master_weights"], r["tag"])), str(int(r["n_pairs"])),
-                         fmt_num(r["mean"], "gap"), esc(ci), ex,
+            name = arm_label(r["format"], r["optimizer"], r["master_weights"], r["tag"])
+            is_null = null_key == (r["format"], r["optimizer"]) and r["master_weights"] == "fp32" and _missing(r["tag"])
+            rows.append([esc(name) + (' <span class="note">(null control)</span>' if is_null else ""),
+                         str(int(r["n_pairs"])), fmt_num(r["mean"], "gap"),
+                         esc(_ci_cell(r["ci_low"], r["ci_high"], int(r["n_pairs"]))), _yes_no(r["excludes_zero"]),
                          f"{fmt_num(r['stall_ref'])} → {fmt_num(r['stall_geo'])}",
                          f"{fmt_num(r['flips_ref'], 'sci')} → {fmt_num(r['flips_geo'], 'sci')}",
-                         f"{fmt_num(r['cos_ref'])} → {fmt_num(r['cos_geo'])}", esc(div or "–")])
-        out.append("<h3>Geometry-aware optimizer vs AdamW, same format, paired by seed "
+                         f"{fmt_num(r['cos_ref'])} → {fmt_num(r['cos_geo'])}"]
+                        + ([f"×{r['lr_ref']:g} / ×{r['lr_geo']:g}"] if multi else []) + [esc(div or "–")])
+        out.append("<h3>Geometry-aware optimizer vs AdamW, same quantized format, paired by seed "
                    "(Δ final val loss; &lt; 0 = helps)</h3>")
+        out.append('<p class="sub">BF16 is the control and is not a row: it has no grid, so its geometry-aware '
+                   f"optimizer is AdamW. The {esc(NULL_FORMAT)} row is the null control: on its uniform grid a "
+                   "step-matched geometry-aware step is AdamW's step, so its interval must include 0.</p>")
         out.append(table([("arm", True), ("pairs", False), ("mean Δ", False), ("95% CI (t)", True),
                            ("CI excludes 0", True), ("stall ratio AdamW → geo", False),
-                           ("flips/step AdamW → geo", False), ("grad cosine AdamW → geo", False),
-                           ("diverged", True)], rows, table_id="effects-table"))
+                           ("flips/step AdamW → geo", False), ("grad cosine AdamW → geo", False)]
+                          + ([("lr multiplier AdamW / geo", False)] if multi else []) + [("diverged", True)],
+                          rows, row_classes=["flagged" if v.null and v.null["flagged"] and null_key == (r["format"], r["optimizer"])
+                                             else "" for _, r in v.effects.iterrows()], table_id="effects-table"))
+    if multi:
+        out.append(_lr_table(v))
     return "".join(out)
+
+
+def _lr_table(v: Verdict) -> str:
+    rows = []
+    for _, r in v.lr[v.lr["multipliers"].map(len) > 1].iterrows():
+        means = []
+        for m in r["multipliers"]:
+            vals = list(r["loss"][m].values())
+            done = [x for x in vals if math.isfinite(x)]
+            cell = f"×{m:g}: " + (f"{sum(done) / len(done):.4f}" if done else "–")
+            if len(done) < len(vals):
+                cell += f" ({len(vals) - len(done)} diverged)"
+            means.append(cell)
+        others = {s: b for s, b in r["best_by_seed"].items() if s != r["selection_seed"]}
+        rows.append([esc(r["arm"]), esc(" · ".join(means)), f"×{r['chosen']:g}",
+                     "–" if r["selection_seed"] is None else str(int(r["selection_seed"])),
+                     esc(", ".join(f"seed {s}: " + ("–" if b is None else f"×{b:g}") for s, b in others.items()) or "–"),
+                     _yes_no(r["holds"])])
+    return ("<h3>Learning-rate multipliers: each arm at its best</h3>"
+            '<p class="sub">Mean final val loss over seeds per multiplier (diverged runs apart). The multiplier is '
+            "chosen on the selection seed alone and confirmed when every other seed has the same best; the "
+            "comparisons above use each arm at its chosen multiplier, the selection seed included.</p>"
+            + table([("arm", True), ("mean final val loss per multiplier", True), ("chosen", False),
+                     ("selection seed", False), ("best on the other seeds", True), ("choice holds", True)], rows,
+                    table_id="lr-table"))
+
+
+def _decomposition_table(v: Verdict) -> str:
+    d = v.decomposition
+    if d.empty:
+        return ""
+    rows, rcls = [], []
+    names = {"full": "every site (the format's run)", "sum": "sum of the sites", "interaction": "interaction = full − sum"}
+    for _, r in d.iterrows():
+        part = names.get(r["part"], f"{r['part']} only")
+        rows.append([esc(r["format"]), esc(part), fmt_num(r["mean"], "gap"), esc(_ci_cell(r["ci_low"], r["ci_high"], int(r["n"]))),
+                     str(int(r["n"])), _yes_no(r["excludes_zero"]),
+                     "–" if r["part"] == "full" or _missing(r["share"]) else f"{r['share']:.0%}", esc(r["diverged"] or "–")])
+        rcls.append("diverged" if r["n_diverged"] else "muted" if r["part"] in ("sum", "interaction") else "")
+    causes = "".join(f"<li><b>{esc(r['format'])}</b>: {esc(r['label'])}. {esc(r['text'])}</li>"
+                     for _, r in v.site_causes.iterrows())
+    return ("<h3>By intervention: the gap to BF16 split by quantized site</h3>"
+            '<p class="sub">Ablation runs quantize one site (weights, activations or gradients) with the format and '
+            "leave everything else BF16, AdamW. Each gap is that run's final val loss minus the BF16 AdamW run of "
+            "the same seed, at the ablation runs' lr multiplier; interaction = full gap − sum of the site gaps, per "
+            "seed. A site is named when its interval excludes 0 upward; the largest such part of the full gap is the "
+            "cause.</p>"
+            + table([("format", True), ("quantized", True), ("mean gap (nats)", False), ("95% CI (t)", True),
+                     ("seeds", False), ("CI excludes 0", True), ("share of full gap", False), ("diverged", True)],
+                    rows, rcls, table_id="ablation-table") + f"<ul>{causes}</ul>")
 
 
 def _attribution_section(v: Verdict) -> str:
     th = v.thresholds
     rules = "".join(f"<li><b>{esc(r['label'])}</b>: {esc(r['condition'])}</li>" for r in describe_rules(th))
     thr = ", ".join(f"{esc(k)} = {v_:g}" for k, v_ in th.items())
-    intro = ("<p>Each format × optimizer (diagnostics averaged over its seeds) gets the first rule that fires, "
-             "in this order:</p>")
-    out = ['<h2 id="attribution">Failure attribution</h2>', intro, f"<ol>{rules}</ol>",
-           f'<p class="sub">Thresholds: {thr}.</p>']
+    has_abl = not v.decomposition.empty
+    out = ['<h2 id="attribution">Failure attribution</h2>',
+           "<p>By intervention where ablation runs exist (below), else by diagnostic rules, labelled "
+           "<i>heuristic</i>: the rules read symptoms, they do not test a cause."
+           + ("" if has_abl else " No ablation ran, so every attribution here is heuristic.") + "</p>",
+           _decomposition_table(v),
+           "<h3>Heuristic rules</h3><p>Each arm without an ablation (diagnostics averaged over its seeds) gets the "
+           "first rule that fires, in this order:</p>", f"<ol>{rules}</ol>",
+           f'<p class="sub">Forward precision: {esc(EARLY_GAP_RULE)}. The update rule reads the zero-update '
+           "fraction (weights unchanged despite a gradient) where FP32 master weights accumulate sub-ULP steps, and "
+           f"the stall ratio only where the weights live on the grid. Thresholds: {thr}.</p>"]
     head = [("format / optimizer", True), ("seeds", False), ("attribution", True), ("diverged", True),
-            ("final gap", False), ("gap at 1st eval", False), ("w / a overflow", False), ("w / a underflow", False),
-            ("grad cosine", False), ("grad underflow", False), ("stall ratio", False), ("zero-update", False)]
+            ("final gap", False), ("gap after warm-up (step)", False), ("w / a overflow", False),
+            ("w / a underflow", False), ("grad cosine", False), ("grad underflow", False), ("stall ratio", False),
+            ("zero-update", False)]
     th_html = "".join(f'<th class="t">{esc(t)}</th>' if text else f"<th>{esc(t)}</th>" for t, text in head)
     body = []
     for _, a in v.attribution.iterrows():
         div = bool(a["n_diverged"])
+        st = a["early_eval_steps"]
+        early = fmt_num(a.get("early_gap"), "gap") + (f" (@{'/'.join(map(str, st))})" if st else "")
         cells = [
             f'<td class="t"><span class="arm">{esc(a["arm"])}</span></td>', f"<td>{int(a['n_seeds'])}</td>",
             f'<td class="t cause-{esc(a["cause"])}">{esc(a["label"])}</td>',
             f'<td class="t{" status-diverged" if div else ""}">{esc(a["diverged"] or "–")}</td>',
-            f"<td>{fmt_num(a['gap_to_bf16'], 'gap')}</td>", f"<td>{fmt_num(a['gap_first_eval'], 'gap')}</td>",
+            f"<td>{fmt_num(a['gap_to_bf16'], 'gap')}</td>", f"<td>{esc(early)}</td>",
             f"<td>{fmt_num(a['weight_overflow_rate'], 'rate')} / {fmt_num(a['activation_overflow_rate'], 'rate')}</td>",
             f"<td>{fmt_num(a['weight_underflow_rate'], 'rate')} / {fmt_num(a['activation_underflow_rate'], 'rate')}</td>",
             f"<td>{fmt_num(a['grad_cos_mean'])}</td>", f"<td>{fmt_num(a['gradient_underflow_rate'], 'rate')}</td>",
@@ -348,18 +445,25 @@ def _worst_rate(r: pd.Series, kind: str) -> str:
     return fmt_num(v, "rate") + (f" ({op})" if v > 0 else "")
 
 
-def _runs_section(runs: pd.DataFrame) -> str:
+def _runs_section(runs: pd.DataFrame, selected: pd.DataFrame | None = None) -> str:
     show_master = bool((runs["master_weights"] != "fp32").any())
-    head = [("run", True), ("optimizer", True)] + ([("master", True)] if show_master else []) + [
+    show_site = bool((runs["site"] != "all").any())
+    show_lr = bool((runs["lr_multiplier"] != 1.0).any())
+    head = [("run", True), ("optimizer", True)] + ([("master", True)] if show_master else []) \
+        + ([("quantized", True)] if show_site else []) + ([("lr ×", False)] if show_lr else []) + [
         ("seed", False), ("status", True), ("steps", False), ("final val loss", False), ("best val loss", False),
         ("final val ppl", False), ("gap to BF16", False), ("stall ratio", False), ("flips / step", False),
         ("max overflow", False), ("max underflow", False), ("grad cosine", False), ("step size", True),
         ("tokens/s", False), ("GPU-h", False)]
+    status_col = [t for t, _ in head].index("status")
+    chosen = set(selected["run_id"]) if selected is not None and show_lr else None
     rows, rcls, ccls = [], [], []
     for _, r in runs.iterrows():
         div = r.get("status") == "diverged"
         rows.append([f'<span class="id">{esc(r["run_id"])}</span>', esc(optimizer_name(r["optimizer"]))]
-                    + ([esc(r["master_weights"])] if show_master else []) + [
+                    + ([esc(r["master_weights"])] if show_master else [])
+                    + ([esc("all sites" if r["site"] == "all" else f"{r['site']} only")] if show_site else [])
+                    + ([f"{r['lr_multiplier']:g}" + (" ✓" if r["run_id"] in chosen else "")] if show_lr else []) + [
                      "–" if _missing(r.get("seed")) else str(int(r["seed"])), esc(r["status_label"]),
                      fmt_num(r.get("steps"), "int"),
                      fmt_num(r.get("final_val_loss"), "loss"), fmt_num(r.get("best_val_loss"), "loss"),
@@ -368,7 +472,7 @@ def _runs_section(runs: pd.DataFrame) -> str:
                      _worst_rate(r, "overflow"), _worst_rate(r, "underflow"), fmt_num(r.get("grad_cos_mean")),
                      _step_size(r), fmt_num(r.get("tokens_per_s_median"), "int"), fmt_num(r.get("gpu_hours"), "hours")])
         rcls.append("diverged" if div else "")
-        ccls.append([""] * (len(head) - 14) + ["status-diverged" if div else ""] + [""] * 13)
+        ccls.append(["status-diverged" if div and j == status_col else "" for j in range(len(head))])
     note = ("<p class=\"sub\">Means over each run's steps (a diverged run's up to its last finite step). "
             "The gap is final val loss minus the BF16 run of the same seed; empty where that baseline is "
             "missing or the run diverged. Overflow/underflow: the largest mean rate over the weight (w), "
@@ -376,7 +480,11 @@ def _runs_section(runs: pd.DataFrame) -> str:
             "weights were sized, with the range of its per-layer lrs at the schedule's peak (ManifoldAdamW: ULPs "
             "per step; GridOptim: real-unit lr on the bias-corrected momentum). <i>calibrated</i>: each layer's "
             "RMS real-unit step equals AdamW's at step 0; <i>uncalibrated</i>: a fixed lr from the config, so "
-            "the arms also differ in step size. GPU-h = wall time / 3600 (FLOPs: budget table).</p>")
+            "the arms also differ in step size. GPU-h = wall time / 3600 (FLOPs: budget table)."
+            + (" lr ×: the run's learning-rate multiplier; ✓ marks the multiplier its arm is compared at."
+               if show_lr else "")
+            + (" Quantized: an ablation run quantizes one site only (everything else BF16)." if show_site else "")
+            + "</p>")
     return '<h2 id="runs">Runs</h2>' + note + table(head, rows, rcls, ccls, table_id="runs-table")
 
 
@@ -518,21 +626,23 @@ def _footer(ctx: ReportContext) -> str:
 
 def render_report(runs: pd.DataFrame, metrics_df: pd.DataFrame,
                   context: ReportContext | Mapping[str, Any] | None = None, *,
-                  figures: Sequence[Any] | None = None) -> str:
+                  figures: Sequence[Any] | None = None, verdict: Verdict | None = None) -> str:
     """The report page as one self-contained HTML string (see the module doc for the order).
 
-    ``runs``: the exported summary (:func:`altgrad.analysis.run_table.run_table`'s columns).
+    ``runs``: the exported summary (:func:`altgrad.analysis.run_table.run_table`'s columns; a
+    summary exported before a column existed is recomputed from ``metrics_df``).
     ``figures``: already made :func:`altgrad.analysis.plots.make_figures` output (e.g. when the
-    caller also writes them as PNG files for Snakemake's report); made here when None.
+    caller also writes them as PNG files for Snakemake's report); made here when None. ``verdict``:
+    already built from ``runs`` with the context's thresholds; built here when None.
     """
     from altgrad.analysis.plots import make_figures
 
     ctx = ReportContext.coerce(context)
     if runs is None or len(runs) == 0:
         raise ValueError("render_report: the summary table has no runs")
-    v = build_verdict(runs, ctx.thresholds)
+    v = verdict if verdict is not None else build_verdict(ensure_run_table(runs, metrics_df), ctx.thresholds)
     if figures is None:
-        figures = make_figures(v.runs, metrics_df)
+        figures = make_figures(v.runs, metrics_df, verdict=v)
     n_div = int((v.runs["status"] == "diverged").sum())
     sub = (f"Which 8-bit float format gains most from geometry-aware (ULP-scaled) weight updates? "
            f"{len(v.runs)} runs, {n_div} diverged (a diverged run is a result: it is marked where it stopped).")
@@ -541,7 +651,7 @@ def render_report(runs: pd.DataFrame, metrics_df: pd.DataFrame,
                                                            ("budget", "Budget"), ("reproduce", "Reproduce")))
     body = "".join([
         f"<h1>{esc(ctx.title)}</h1><p class=\"sub\">{esc(sub)}<br>{nav}</p>",
-        _verdict_section(v), _attribution_section(v), _figures_section(figures), _runs_section(v.runs),
+        _verdict_section(v), _attribution_section(v), _figures_section(figures), _runs_section(v.runs, v.selected),
         _setup_section(v.runs, ctx), _budget_section(v.runs, ctx), _footer(ctx),
     ])
     return page(ctx.title, body)

@@ -25,9 +25,15 @@ import pandas as pd
 from matplotlib.colors import LogNorm
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import EngFormatter
+from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter
 
-from altgrad.analysis.run_table import BASELINE_FORMAT, REFERENCE_OPTIMIZER, arm_label, optimizer_name
+from altgrad.analysis.run_table import (
+    BASELINE_FORMAT,
+    REFERENCE_OPTIMIZER,
+    arm_label,
+    ensure_run_table,
+    optimizer_name,
+)
 from altgrad.files import atomic_write
 
 __all__ = ["BASELINE_COLOR", "OPTIMIZER_COLORS", "PALETTE", "Figure", "make_figures", "optimizer_color", "png",
@@ -413,16 +419,119 @@ def _critical_rank(metrics: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str,
 # --------------------------------------------------------------------------- all figures
 
 
-def make_figures(runs: pd.DataFrame, metrics: pd.DataFrame) -> list[Figure]:
+def _lr_sensitivity(v) -> bytes | None:
+    """Final val loss vs lr multiplier: one panel per format, one line per arm (mean over seeds of
+    the completed runs, each seed a dot), the chosen multiplier ringed, a diverged run an x on top."""
+    lr = v.lr[v.lr["multipliers"].map(len) > 1]
+    if lr.empty:
+        return None
+    fmts = list(dict.fromkeys(lr["format"]))
+    fig, axes, ncols, per_row = _panel_grid(len(fmts))
+    handles, seen = [], set()
+    for i, fmt in enumerate(fmts):
+        ax = axes[i // ncols][i % ncols]
+        rows = lr[lr["format"] == fmt]
+        finite = [x for _, r in rows.iterrows() for d in r["loss"].values() for x in d.values() if math.isfinite(x)]
+        top = max(finite) if finite else 1.0
+        for _, r in rows.iterrows():
+            color = BASELINE_COLOR if fmt == BASELINE_FORMAT else optimizer_color(r["optimizer"])
+            style = _STYLES[((r["master_weights"] != "fp32") + (2 if r["tag"] else 0)) % len(_STYLES)]
+            xs = r["multipliers"]
+            means = [np.mean([x for x in r["loss"][m].values() if math.isfinite(x)])
+                     if any(math.isfinite(x) for x in r["loss"][m].values()) else np.nan for m in xs]
+            ax.plot(xs, means, color=color, ls=style, lw=1.6, marker="o", ms=4)
+            for m in xs:
+                for x in r["loss"][m].values():
+                    if math.isfinite(x):
+                        ax.plot(m, x, ".", color=color, alpha=0.45, ms=5)
+                    else:
+                        ax.plot(m, top, marker="x", color=color, ms=8, mew=2, clip_on=False)
+            j = xs.index(r["chosen"])
+            if math.isfinite(means[j]):
+                ax.plot(r["chosen"], means[j], "o", mfc="none", mec=color, ms=12, mew=1.8)
+            label = arm_label("", r["optimizer"], r["master_weights"], r["tag"]).lstrip(" /")
+            if label not in seen:
+                seen.add(label)
+                handles.append(Line2D([], [], color=color if fmt != BASELINE_FORMAT else optimizer_color(r["optimizer"]),
+                                      ls=style, marker="o", ms=4, label=label))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({m for ms in rows["multipliers"] for m in ms}))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"×{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(fmt, fontsize=10, fontweight="bold")
+        ax.set_xlabel("lr multiplier", fontsize=8)
+        ax.set_ylabel("final val loss (nats)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for j in range(len(fmts), ncols * per_row):
+        axes[j // ncols][j % ncols].set_visible(False)
+    handles += [Line2D([], [], color="#333", marker="o", mfc="none", ls="", ms=10, label="chosen (selection seed)"),
+                Line2D([], [], color="#333", marker=".", ls="", alpha=0.5, label="one seed"),
+                Line2D([], [], color="#333", marker="x", ls="", ms=8, mew=2, label="diverged")]
+    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 6), frameon=False, fontsize=9,
+               bbox_to_anchor=(0.5, 1.0))
+    _margins(fig)
+    return png(fig)
+
+
+_PART_NAMES = {"full": "every site", "weight": "weight only", "activation": "activation only",
+               "gradient": "gradient only", "interaction": "interaction"}
+
+
+def _site_decomposition(v) -> bytes | None:
+    """Per ablated format, the gap to BF16 of each part with its 95% CI (one seed: a dot)."""
+    d = v.decomposition
+    if d.empty:
+        return None
+    fmts = list(dict.fromkeys(d["format"]))
+    fig, axes, ncols, per_row = _panel_grid(len(fmts), height=2.4)
+    colors = {"full": "#333333", "weight": PALETTE[3], "activation": PALETTE[4], "gradient": PALETTE[5],
+              "interaction": "#999999"}
+    for i, fmt in enumerate(fmts):
+        ax = axes[i // ncols][i % ncols]
+        parts = d[(d["format"] == fmt) & (d["part"] != "sum")].reset_index(drop=True)
+        for y, r in parts.iterrows():
+            if not r["n"]:
+                ax.text(0, y, " diverged" if r["n_diverged"] else " no data", va="center", fontsize=7, color="#a61b1b")
+                continue
+            err = None
+            if r["n"] >= 2:
+                err = [[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]]
+            ax.barh(y, r["mean"], color=colors.get(r["part"], "#777"), alpha=0.8, height=0.6)
+            if err is not None:
+                ax.errorbar(r["mean"], y, xerr=err, fmt="none", ecolor="black", capsize=3, lw=1)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(range(len(parts)), [_PART_NAMES.get(p, p) for p in parts["part"]], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(fmt, fontsize=10, fontweight="bold")
+        ax.set_xlabel("gap to BF16 (nats)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    for j in range(len(fmts), ncols * per_row):
+        axes[j // ncols][j % ncols].set_visible(False)
+    _margins(fig, left=1.3, top=0.45)
+    return png(fig)
+
+
+def make_figures(runs: pd.DataFrame, metrics: pd.DataFrame, verdict=None) -> list[Figure]:
     """Every figure of the report, in page order. ``runs`` is :func:`altgrad.analysis.run_table.run_table`'s
-    output (its normalised labels are used; the metrics' own label columns are ignored)."""
-    metrics = metrics.drop(columns=[c for c in ("format", "optimizer", "master_weights", "tag", "seed")
-                                    if c in metrics])
+    output (its normalised labels are used; the metrics' own label columns are ignored); ``verdict``
+    its :func:`altgrad.analysis.verdict.build_verdict` (made here when None). The curves show the
+    runs every comparison uses: ordinary runs at each arm's chosen lr multiplier."""
+    from altgrad.analysis.verdict import build_verdict
+
+    metrics = metrics.drop(columns=[c for c in ("format", "optimizer", "master_weights", "tag", "seed", "site",
+                                                "lr_multiplier") if c in metrics])
+    v = verdict if verdict is not None else build_verdict(ensure_run_table(runs, metrics))
+    runs = v.selected
     n_steps = int(metrics.groupby("run_id")["step"].max().max() + 1) if len(metrics) else 0
     smooth = max(1, n_steps // 30)
     seeds = int(runs.groupby(["format", "optimizer"], dropna=False)["seed"].nunique().max()) if len(runs) else 0
     band = (" Lines: mean over seeds; shaded: min–max over seeds." if seeds > 1 else
             " One seed per arm, so no seed band.")
+    multi = bool((v.lr["multipliers"].map(len) > 1).any())
+    if multi:
+        band += " Each arm at its chosen lr multiplier."
     figs = []
 
     def add(key, title, png, caption, missing=None):
@@ -470,6 +579,18 @@ def make_figures(runs: pd.DataFrame, metrics: pd.DataFrame) -> list[Figure]:
         "Stable rank (‖W‖²_F / ‖W‖²_2) of lm_head and of attn.c_proj (mean over blocks), every rank_interval "
         "steps (log scale). A collapse toward 1 means the layer's weights concentrate in one direction." + band,
         "No rank diagnostics (rank.*) were recorded (train.rank_interval = 0).")
+    add("lr", "Final val loss vs learning-rate multiplier", _lr_sensitivity(v),
+        "One panel per format, one line per arm: mean final val loss over the seeds that completed (dots: single "
+        "seeds; x: a diverged run, drawn at the panel's top). The ring marks the multiplier chosen on the selection "
+        "seed, which every comparison uses. An effect that survives at every multiplier is geometry; one that "
+        "appears only at some multipliers, or flips with them, is tuning.",
+        "Every arm ran one learning rate (no lr_multipliers), so whether an effect is geometry or tuning is not "
+        "measured here.")
+    add("sites", "Gap to BF16 by quantized site (ablation)", _site_decomposition(v),
+        "Per ablated format: the gap to BF16 of the format's own run (every site), of runs quantizing only the "
+        "weights, only the activations, only the gradients, and the interaction (full − sum of the sites), each "
+        "paired by seed; bars are means, whiskers 95% t-intervals (none with one seed).",
+        "No ablation runs (site-only quantization), so the gap is not split by site.")
     return figs
 
 

@@ -24,8 +24,10 @@ import pandas as pd
 
 from altgrad.analysis.html import ReportContext, render_report
 from altgrad.analysis.plots import make_figures, write_figures
+from altgrad.analysis.run_table import ensure_run_table
 from altgrad.analysis.scaling_page import render_page, render_section, scaling_figure
 from altgrad.analysis.scaling_study import chinchilla_frame, collect_points, fit_sweep, fits_frame
+from altgrad.analysis.verdict import build_verdict
 from altgrad.errors import AltgradError
 from altgrad.experiment.pricing import get_device, price_run
 from altgrad.files import atomic_open, atomic_write
@@ -74,10 +76,12 @@ def build_report(
         model=models[0] if models and all(m == models[0] for m in models) else None,  # one shared shape, if any
         run_configs={rid: Path(p).read_text() for rid, p in zip(configs, run_configs)},
     )
-    figures = make_figures(runs, metrics)
+    runs = ensure_run_table(runs, metrics)  # a summary exported before a column existed: recomputed
+    verdict = build_verdict(runs, context.thresholds)
+    figures = make_figures(runs, metrics, verdict=verdict)
     if figures_dir is not None:
         write_figures(figures, figures_dir)
-    page = render_report(runs, metrics, context, figures=figures)
+    page = render_report(runs, metrics, context, figures=figures, verdict=verdict)
     with atomic_open(out_html, "wb") as f:
         f.write(page.encode("utf-8"))
     return Path(out_html)
