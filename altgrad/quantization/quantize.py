@@ -275,21 +275,14 @@ def _round_magnitude(x, plan, rounding, source):
         magnitude.add_(c).sub_(c)
         return magnitude, c
     # Shift the subnormal range up by 2^emin, where float32's step is the format's subnormal
-    # step; the offset is recomputed from x rather than stored, so one scratch buffer serves
-    # the offset and the random bits.
-    scratch = torch.empty_like(bits)
-    offset = scratch.view(torch.float32)
-
-    def subnormal_offset(magnitude_in):  # 2^emin where |x| < 2^emin, else 0 (NaN stays NaN)
-        torch.clamp(magnitude_in, max=plan.min_normal, out=offset)
-        offset.sub_(plan.min_normal).sign_().mul_(-plan.min_normal)
-
-    subnormal_offset(magnitude)
+    # step, and back down after the truncation.
+    offset = torch.clamp(magnitude, max=plan.min_normal)  # 2^emin where |x| < 2^emin, else 0 (NaN stays NaN)
+    offset.sub_(plan.min_normal).sign_().mul_(-plan.min_normal)
     magnitude.add_(offset)
-    bits.add_(random_bits(scratch, plan.drop, source)).bitwise_and_(~((1 << plan.drop) - 1))
-    subnormal_offset(torch.abs(x, out=offset))
+    noise = random_bits(torch.empty_like(bits), plan.drop, source)
+    bits.add_(noise).bitwise_and_(~((1 << plan.drop) - 1))
     magnitude.sub_(offset)
-    return magnitude, offset
+    return magnitude, noise.view(torch.float32)
 
 
 def _round_bits(x, plan, rounding, source):
