@@ -5,10 +5,16 @@ Kumar et al. 2024 "Scaling Laws for Precision" fit the same forms per precision)
 
 * loss vs compute      ``L(C) = k·C^a + L∞``    (a < 0), fitted in LINEAR loss space;
 * isoFLOP optimum      ``L ≈ α + β·log N + γ·(log N)²`` over one fixed-compute curve;
-* optimal model size   ``N*(C) = k'·C^b``, ``D*(C) = C / (6·N*)`` so ``C = 6·N*·D*`` exactly.
+* optimal model size   ``N*(C) = k'·C^b``, and ``D*(C) = C / flops_per_token(N*(C))``: the
+  tokens a model of size N* trains at C, with C counted as the runs counted it.
 
 C is whatever FLOP count the caller measured; use
-:func:`altgrad.training.flops.flops_per_token` × tokens so fits and plans agree.
+:func:`altgrad.training.flops.flops_per_token` × tokens so fits and plans agree, and
+:func:`altgrad.training.flops.flops_per_token_by_size` for the ``N -> FLOPs per token``
+relation of D*. (``C = 6·N·D`` holds only where the lm_head and attention are negligible;
+on a small model they are most of the FLOPs, and ``C / 6N*`` overstates D* several-fold.)
+A size law whose exponent lies outside (0, 1) is unphysical (N* or D* would shrink as
+compute grows): :func:`unphysical_reason` says so, and :func:`chinchilla_table` refuses it.
 Degenerate input raises :class:`ScalingInputError` (an AltgradError) with a clear message;
 the input checks (:func:`positive_finite`, :func:`require_distinct`) are public so that a
 sweep can be refused with the fitter's own words before any run is trained.
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +45,8 @@ __all__ = [
     "isoflop_optimum",
     "positive_finite",
     "require_distinct",
+    "size_at_tokens_per_param",
+    "unphysical_reason",
 ]
 
 DEFAULT_BUDGETS = tuple(10.0**e for e in range(15, 22))  # 1e15 ... 1e21 FLOPs, decades
@@ -305,7 +313,7 @@ def isoflop_optimum(N, L, *, strict: bool = False) -> IsoflopResult:
 
 @dataclass(frozen=True)
 class PowerLaw:
-    """``N*(C) = k·C^b`` (no additive constant), ``D*(C) = C / (6·N*(C))``.
+    """``N*(C) = k·C^b`` (no additive constant); ``D*(C) = C / flops_per_token(N*(C))``.
 
     ``r2`` is computed in log10 space, where the law was fitted. ``std``/``ci95``: bootstrap
     over (C, N*) points for ``k`` and ``b``.
@@ -325,13 +333,30 @@ class PowerLaw:
         out = self.k * np.power(C, self.b)
         return float(out) if out.ndim == 0 else out
 
-    def predict_d(self, C):
-        """Compute-optimal tokens ``C / (6·N*(C))``."""
+    def predict_d(self, C, flops_per_token: Callable[[float], float]):
+        """Compute-optimal tokens ``C / flops_per_token(N*(C))``: the tokens a model of size
+        N* trains on budget C. ``flops_per_token`` maps a non-embedding size to the training
+        FLOPs per token of a model of that size, counted as C was (e.g.
+        :func:`altgrad.training.flops.flops_per_token_by_size`)."""
         C = np.asarray(C, dtype=float)
-        out = C / (6.0 * self.k * np.power(C, self.b))
+        n = np.asarray(self.predict_n(C), dtype=float)
+        fpt = np.vectorize(lambda v: float(flops_per_token(float(v))), otypes=[float])(n)
+        out = C / fpt
         return float(out) if out.ndim == 0 else out
 
     __call__ = predict_n
+
+
+def unphysical_reason(fit: PowerLaw) -> str:
+    """Why ``N*(C) = k·C^b`` cannot describe compute-optimal training ("" when it can):
+    its exponent must lie in (0, 1), so that both N* and the tokens grow with compute."""
+    if not (math.isfinite(fit.b) and math.isfinite(fit.k) and fit.k > 0):
+        return f"N*(C) = {fit.k:.3g}·C^{fit.b:.3f} is not a finite positive law"
+    if not 0.0 < fit.b < 1.0:
+        what = "N* falls as compute grows" if fit.b <= 0 else "D* falls as compute grows (N* grows faster than C)"
+        return (f"the exponent of N*(C) = {fit.k:.3g}·C^{fit.b:.3f} is outside (0, 1): {what}, which no "
+                "compute-optimal frontier does; the sampled sizes probably do not bracket the optima")
+    return ""
 
 
 def _loglog_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -369,6 +394,35 @@ def fit_optimal_size(C_list, N_opt_list, *, n_boot: int = 1000, seed: int = 0) -
     )
 
 
+def size_at_tokens_per_param(C: float, tokens_per_param: float, flops_per_token: Callable[[float], float]) -> float:
+    """The size N whose run at budget C trains ``tokens_per_param``·N tokens: the root of
+    ``tokens_per_param · N · flops_per_token(N) = C`` (Chinchilla's rule D = 20·N with C
+    counted as the runs count it; ``sqrt(C / 120)`` only where ``flops_per_token(N) = 6N``).
+    ``flops_per_token`` must grow with N (then the root is unique); found by bisection in log N."""
+    C, r = float(C), float(tokens_per_param)
+    if not (math.isfinite(C) and C > 0 and math.isfinite(r) and r > 0):
+        raise ScalingInputError(f"C and tokens_per_param must be positive numbers, got {C}, {r}")
+
+    def excess(log_n: float) -> float:
+        n = math.exp(log_n)
+        return math.log(r * n * float(flops_per_token(n))) - math.log(C)
+
+    lo, hi = 0.0, max(math.log(C), 1.0)
+    while excess(lo) > 0 or excess(hi) < 0:
+        lo, hi = (lo - 10.0, hi) if excess(lo) > 0 else (lo, hi + 10.0)
+        if lo < -200 or hi > 400:
+            raise ScalingInputError(f"no size trains {r:g} tokens per parameter at C = {C:g}")
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if excess(mid) > 0:
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo < 1e-12:
+            break
+    return math.exp(0.5 * (lo + hi))
+
+
 # --------------------------------------------------------------------------------------
 # Chinchilla-style table
 # --------------------------------------------------------------------------------------
@@ -388,13 +442,19 @@ def chinchilla_table(
     budgets: Sequence[float] = DEFAULT_BUDGETS,
     measured_range: tuple[float, float] | None = None,
     *,
+    flops_per_token: Callable[[float], float],
     loss_fit: Fit | None = None,
 ) -> list[ChinchillaRow]:
     """Predicted N*, D* (and L if ``loss_fit`` is given) per compute budget.
 
-    ``extrapolated`` is True for budgets outside ``measured_range`` (default: the range
-    of compute the size law was fitted on).
+    ``D* = C / flops_per_token(N*)`` (see :meth:`PowerLaw.predict_d`). ``extrapolated`` is
+    True for budgets outside ``measured_range`` (default: the range of compute the size law
+    was fitted on). A law whose exponent is outside (0, 1) is refused
+    (:class:`ScalingInputError` with :func:`unphysical_reason`'s text).
     """
+    why = unphysical_reason(fit)
+    if why:
+        raise ScalingInputError(f"no Chinchilla table: {why}")
     cs = positive_finite("budgets", list(budgets))
     if measured_range is None:
         lo, hi = fit.c_range
@@ -404,12 +464,11 @@ def chinchilla_table(
             raise ScalingInputError(f"measured_range must be (low, high), got ({lo:g}, {hi:g})")
     rows = []
     for C in cs:
-        n_opt = fit.predict_n(float(C))
         rows.append(
             ChinchillaRow(
                 compute=float(C),
-                n_opt=n_opt,
-                d_opt=float(C) / (6.0 * n_opt),
+                n_opt=fit.predict_n(float(C)),
+                d_opt=fit.predict_d(float(C), flops_per_token),
                 loss=float(loss_fit.predict(float(C))) if loss_fit is not None else float("nan"),
                 extrapolated=bool(C < lo * (1 - 1e-9) or C > hi * (1 + 1e-9)),
             )

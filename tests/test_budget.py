@@ -13,6 +13,7 @@ from altgrad.experiment.pricing import (
     budget_table,
     budget_totals,
     check_budget,
+    dollars,
     eng,
     get_device,
     memory_estimate,
@@ -143,7 +144,18 @@ def test_plan_20_usd_on_h100():
     assert s.n_embd % 64 == 0 and s.head_dim == 64 and s.n_embd == 64 * s.n_layer
     # $20 / $2.69/h · 3600 s · 989e12 · 0.3 = 7.94e18 FLOPs
     assert plan.flops_per_run == pytest.approx(20 / 2.69 * 3600 * 989e12 * 0.3, rel=1e-12)
-    assert plan.n_target == pytest.approx(math.sqrt(plan.flops_per_run / 120), rel=1e-12)
+    # Chinchilla's D = 20·N with C counted as the run counts it (not sqrt(C/120), which is 6N FLOPs/token):
+    # N* lies between the 16- and 17-layer shapes, and C / D* between their FLOPs per token, counted by hand
+    assert plan.d_target == pytest.approx(20 * plan.n_target, rel=1e-9)
+
+    def hand(layers):  # width 64·layers, context 1024, GPT-2 vocabulary: weights, tied lm_head, causal attention
+        d = 64 * layers
+        n = layers * (12 * d * d + 2 * d) + d
+        return n, 6 * n + 6 * 50257 * d + 6 * layers * 1024 * d
+
+    (n16, f16), (n17, f17) = hand(16), hand(17)
+    assert n16 < plan.n_target < n17 and f16 < plan.flops_per_run / plan.d_target < f17
+    assert plan.n_target < 0.9 * math.sqrt(plan.flops_per_run / 120)
     assert (s.n_layer, s.n_embd, s.n_head) == (17, 1088, 17)
     assert plan.n_params_nonembed == param_counts(s)[1] == 241_521_856
     # the real cost (the one FLOPs convention) stays within budget, to within one step
@@ -155,8 +167,13 @@ def test_plan_20_usd_on_h100():
 
 
 def test_plan_refuses_infeasible():
-    with pytest.raises(InfeasiblePlan, match="too little for even the smallest shape"):
+    with pytest.raises(InfeasiblePlan, match="too little for even the smallest shape") as ei:
         plan_compute_optimal(1e-8, "h100")  # ~4e9 FLOPs: less than one batch of the 1-layer shape
+    least = ei.value.least_usd
+    assert f"the least budget that works is {dollars(least)}" in str(ei.value) and dollars(least) == "$0.000019"
+    plan_compute_optimal(least, "h100")  # accepted ...
+    with pytest.raises(InfeasiblePlan, match="has no plan within 2x of the law's N"):
+        plan_compute_optimal(least * 0.9, "h100")  # ... and 10% less is not
     with pytest.raises(InfeasiblePlan, match=r"GB .* lower batch_size"):
         plan_compute_optimal(20.0, "h100", batch_size=256)
     with pytest.raises(InfeasiblePlan, match=r"< N/10"):

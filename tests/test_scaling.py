@@ -16,8 +16,11 @@ from altgrad.scaling_laws import (
     fit_optimal_size,
     format_chinchilla_table,
     isoflop_optimum,
+    size_at_tokens_per_param,
+    unphysical_reason,
 )
 from altgrad.errors import AltgradError
+from altgrad.training.flops import ModelShape, flops_per_token_by_size, size_flops_relation
 
 # Ground truth for L(C) = k·C^a + L∞ over 5 decades of compute; the reducible term falls
 # from ~3.2 to ~1.0 nats, so L∞ = 1.8 is a large share of the loss at the top end.
@@ -115,7 +118,7 @@ def test_isoflop_vertex_outside_range_is_not_extrapolated():
     assert "below the smallest" in isoflop_optimum(N, L2).reason
 
 
-def test_power_law_recovers_k_b_and_c_equals_6nd():
+def test_power_law_recovers_k_b_and_its_tokens():
     k_true, b_true = 0.09, 0.5
     Cs = np.logspace(17, 21, 9)
     rng = np.random.default_rng(0)
@@ -125,10 +128,11 @@ def test_power_law_recovers_k_b_and_c_equals_6nd():
     assert abs(p.k / k_true - 1) < 0.15
     assert p.r2 > 0.999
     assert p.std["b"] > 0 and p.ci95["b"][0] < p.b < p.ci95["b"][1]
+    # where the FLOPs per token are 6N (no lm_head, no attention), D* = C / 6N*
     for c in (1e15, 1e18, 3.3e20, 1e23):
-        assert p.predict_d(c) * 6.0 * p.predict_n(c) == pytest.approx(c, rel=1e-12)
+        assert p.predict_d(c, lambda n: 6.0 * n) * 6.0 * p.predict_n(c) == pytest.approx(c, rel=1e-12)
     arr = np.array([1e18, 1e19])
-    np.testing.assert_allclose(6 * p.predict_n(arr) * p.predict_d(arr), arr, rtol=1e-12)
+    np.testing.assert_allclose(6 * p.predict_n(arr) * p.predict_d(arr, lambda n: 6.0 * n), arr, rtol=1e-12)
 
 
 def test_isoflop_pipeline_on_chinchilla_parametric_law():
@@ -159,17 +163,79 @@ def test_isoflop_pipeline_on_chinchilla_parametric_law():
 def test_chinchilla_table_flags_extrapolation():
     p = PowerLaw(k=0.1, b=0.5, r2=1.0, n_points=5, c_range=(1e17, 1e19))
     loss = fit_loss_vs_compute(C, _noisy_losses(), n_boot=0)
-    rows = chinchilla_table(p, loss_fit=loss)
+    rows = chinchilla_table(p, loss_fit=loss, flops_per_token=lambda n: 6.0 * n + 1e6)
     assert [r.compute for r in rows] == [10.0**e for e in range(15, 22)]
     assert [r.extrapolated for r in rows] == [True, True, False, False, False, True, True]
     for r in rows:
-        assert 6 * r.n_opt * r.d_opt == pytest.approx(r.compute, rel=1e-12)
+        assert (6 * r.n_opt + 1e6) * r.d_opt == pytest.approx(r.compute, rel=1e-12)
         assert r.loss == pytest.approx(loss.predict(r.compute))
-    rows2 = chinchilla_table(p, budgets=[1e15, 1e16], measured_range=(1e15, 1e15))
+    rows2 = chinchilla_table(p, budgets=[1e15, 1e16], measured_range=(1e15, 1e15), flops_per_token=lambda n: 6.0 * n)
     assert [r.extrapolated for r in rows2] == [False, True]
     assert all(math.isnan(r.loss) for r in rows2)
     text = format_chinchilla_table(rows)
     assert text.count("extrapolated") == 4 and len(text.splitlines()) == 8
+
+
+# --- D* = C / FLOPs per token of the shape of N*, counted by hand here --------------------
+
+# The default sweep's second-smallest shape, counted by hand (not by altgrad.training.flops):
+# 2 layers of width 64, context 64, vocabulary 5376, no biases, lm_head tied to the embedding.
+HAND_SHAPE = ModelShape(n_layer=2, n_head=1, n_embd=64, block_size=64, vocab_size=5376)
+HAND_N = 2 * (4 * 64 * 64 + 8 * 64 * 64 + 2 * 64) + 64  # per layer qkv+proj 4d², MLP 8d², 2 LayerNorms; ln_f
+HAND_FPT = (6 * HAND_N  # forward 2 + backward 4 FLOPs per weight per token
+            + 6 * 5376 * 64  # the lm_head (V x d, tied: compute, not a parameter of N)
+            + 6 * 2 * 64 * 64)  # causal attention: 12·d FLOPs per (query, key), T/2 keys per query, 2 layers
+
+
+def test_d_star_is_c_over_the_flops_per_token_of_the_shape_of_n_star():
+    assert (HAND_N, HAND_FPT) == (98_624, 2_705_280)
+    assert HAND_FPT / (6 * HAND_N) == pytest.approx(4.57, abs=0.01)  # "4.6": C/6N* overstates D* by this much
+    fpt_of_n = flops_per_token_by_size([HAND_SHAPE])
+    assert fpt_of_n(HAND_N) == HAND_FPT
+    c = 1e12
+    law = PowerLaw(k=HAND_N / c**0.5, b=0.5, r2=1.0, n_points=5, c_range=(1e11, 1e13))  # N*(1e12) = HAND_N
+    assert law.predict_n(c) == pytest.approx(HAND_N, rel=1e-12)
+    assert law.predict_d(c, fpt_of_n) == pytest.approx(c / HAND_FPT, rel=1e-12)  # 369,648 tokens, not 1.69M
+    (row,) = chinchilla_table(law, [c], flops_per_token=fpt_of_n)
+    assert row.d_opt == pytest.approx(369_647.6, abs=0.1)
+    assert row.d_opt / row.n_opt == pytest.approx(3.748, abs=1e-3)  # tokens per parameter, not 16.9
+
+
+def test_size_flops_relation_is_exact_at_its_shapes_and_close_beyond():
+    fam = [ModelShape(1, 1, 64, 64, 5376), HAND_SHAPE, ModelShape(3, 2, 128, 64, 5376)]
+    f = flops_per_token_by_size(fam)
+    hand = {49_344: 6 * 49_344 + 6 * 5376 * 64 + 6 * 1 * 64 * 64, HAND_N: HAND_FPT,
+            590_720: 6 * 590_720 + 6 * 5376 * 128 + 6 * 3 * 64 * 128}
+    for n, fpt in hand.items():
+        assert f(n) == pytest.approx(fpt, rel=1e-12)
+    assert hand[HAND_N] < f(2e5) < hand[590_720]  # between two shapes: between their counts
+    # beyond the largest: 4 layers of width 128 (the next shape of this family) within 5%
+    n4 = 4 * (12 * 128 * 128 + 2 * 128) + 128
+    assert abs(f(n4) / (6 * n4 + 6 * 5376 * 128 + 6 * 4 * 64 * 128) - 1) < 0.05
+    # a pure power-law overhead is reproduced everywhere, extrapolation included
+    g = size_flops_relation([1e3, 1e4, 1e5], [6e3 + 7 * 1e3**0.5, 6e4 + 7 * 1e4**0.5, 6e5 + 7 * 1e5**0.5])
+    for n in (10.0, 3e3, 1e7):
+        assert g(n) == pytest.approx(6 * n + 7 * n**0.5, rel=1e-9)
+    with pytest.raises(AltgradError, match="positive"):
+        size_flops_relation([1e3, -1.0], [1e4, 1e5])
+
+
+def test_chinchilla_size_trains_20_tokens_per_parameter_at_the_counted_flops():
+    # with a pure 6N count the rule is the textbook N* = sqrt(C / 120)
+    assert size_at_tokens_per_param(1e21, 20, lambda n: 6.0 * n) == pytest.approx(math.sqrt(1e21 / 120), rel=1e-9)
+    # with the hand-counted shape: the budget at which it trains exactly 20 tokens per parameter
+    c = 20 * HAND_N * HAND_FPT
+    assert size_at_tokens_per_param(c, 20, flops_per_token_by_size([HAND_SHAPE])) == pytest.approx(HAND_N, rel=1e-9)
+    assert math.sqrt(c / 120) > 2 * HAND_N  # what C = 6ND would have asked for
+
+
+@pytest.mark.parametrize("b", [-0.22, 0.0, 1.0, 1.3])
+def test_a_law_whose_n_star_or_d_star_falls_with_compute_gives_no_table(b):
+    law = PowerLaw(k=1e3, b=b, r2=0.9, n_points=3, c_range=(1e12, 4e12))
+    assert "outside (0, 1)" in unphysical_reason(law)
+    with pytest.raises(ScalingInputError, match=r"no Chinchilla table: the exponent .* is outside \(0, 1\)"):
+        chinchilla_table(law, flops_per_token=lambda n: 6.0 * n)
+    assert unphysical_reason(PowerLaw(k=1e3, b=0.5, r2=0.9, n_points=3, c_range=(1e12, 4e12))) == ""
 
 
 # --- degenerate input: every error, with its message ------------------------------------
@@ -213,7 +279,8 @@ def test_isoflop_and_power_law_degenerate_input():
     with pytest.raises(ScalingInputError, match="N_opt must be > 0"):
         fit_optimal_size([1e18, 1e19, 1e20], [1e7, 0.0, 1e8])
     p = PowerLaw(k=0.1, b=0.5, r2=1.0, n_points=3, c_range=(1e17, 1e19))
+    six_n = lambda n: 6.0 * n  # noqa: E731
     with pytest.raises(ScalingInputError, match="budgets must be > 0"):
-        chinchilla_table(p, budgets=[1e18, -1.0])
+        chinchilla_table(p, budgets=[1e18, -1.0], flops_per_token=six_n)
     with pytest.raises(ScalingInputError, match=r"measured_range must be \(low, high\)"):
-        chinchilla_table(p, measured_range=(1e19, 1e17))
+        chinchilla_table(p, measured_range=(1e19, 1e17), flops_per_token=six_n)

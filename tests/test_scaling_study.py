@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import yaml
 from tiny_workflow import executed_jobs, load, make_workflow, snakemake, tiny_experiment
 
 from altgrad import cli
+from altgrad.analysis.scaling_page import render_section
 from altgrad.analysis.scaling_study import chinchilla_frame, fit_format, fit_sweep, fits_frame, gap_verdict
 from altgrad.experiment.config import ExperimentError
 from altgrad.experiment.planning import plan_budget
@@ -38,8 +40,8 @@ FITS_COLUMNS = {
     "loss_k", "loss_a", "loss_l_inf", "loss_r2", "loss_n_points", "loss_n_boot",
     "loss_k_lo", "loss_k_hi", "loss_a_lo", "loss_a_hi", "loss_l_inf_lo", "loss_l_inf_hi",
     "loss_k_std", "loss_a_std", "loss_l_inf_std", "loss_error",
-    "n_k", "n_b", "n_r2", "n_k_lo", "n_k_hi", "n_b_lo", "n_b_hi", "n_basis", "n_error",
-    "d_k", "d_b", "n_definition", "c_definition",
+    "n_k", "n_b", "n_r2", "n_k_lo", "n_k_hi", "n_b_lo", "n_b_hi", "n_basis", "n_error", "n_problem",
+    "d_at_c_max", "n_definition", "c_definition", "d_definition",
 }
 
 
@@ -139,21 +141,34 @@ def test_sweep_config_problems_are_reported_with_the_fix():
 # ------------------------------------------------------------------------------ fits and verdict
 
 
-def _synthetic_sweep(budgets, formats=("bf16", "e4m3"), noise=0.0, seed=0) -> pd.DataFrame:
-    """Losses from a Chinchilla-style law L = E + A/N^0.34 + B/D^0.28 with D = C/(6N); e4m3
-    pays a penalty that shrinks with compute (+0.4·(1e12/C)^0.3)."""
+# FLOPs per token of the synthetic sweep's models: 6N plus an lm_head-and-attention overhead
+# that grows as N^(1/3) (a fixed width/depth family with the vocabulary's term dominating),
+# written out here so that D* can be checked against it rather than against the library.
+OVERHEAD = 2.0e5
+
+
+def _fpt(n):
+    return 6.0 * n + OVERHEAD * np.cbrt(n)
+
+
+def _synthetic_sweep(budgets, formats=("bf16", "e4m3"), noise=0.0, seed=0, n_star=lambda c: 0.1 * c**0.5
+                     ) -> pd.DataFrame:
+    """Losses from a Chinchilla-style law L = E + A/N^0.34 + B/D^0.28 with D = C/(6N), the isoFLOP
+    optimum of budget C near ``n_star(C)`` (sizes 1/4x … 4x around it); e4m3 pays a penalty that
+    shrinks with compute (+0.4·(1e12/C)^0.3)."""
     rng = np.random.default_rng(seed)
     rows = []
     for fmt in formats:
         for c in budgets:
-            n_star = 0.1 * c**0.5
             for f in (0.25, 0.5, 1.0, 2.0, 4.0):
-                n = n_star * f
-                loss = 1.7 + 400 / n**0.34 + 410 / (c / (6 * n)) ** 0.28 + rng.normal(0, noise)
+                n = n_star(c) * f
+                n0 = 0.1 * c**0.5
+                loss = 1.7 + 400 / (n * n0 / n_star(c))**0.34 + 410 / (c / (6 * n * n0 / n_star(c))) ** 0.28
+                loss += rng.normal(0, noise)
                 if fmt != "bf16":
                     loss += 0.4 * (1e12 / c) ** 0.3
                 rows.append({"run_id": f"{fmt}-{c:g}-{f}", "format": fmt, "budget": c, "n_params_nonembed": n,
-                             "val_loss": loss, "status": "completed"})
+                             "flops_per_token": _fpt(n), "val_loss": loss, "status": "completed"})
     return pd.DataFrame(rows)
 
 
@@ -169,12 +184,16 @@ def test_fits_per_format_find_vertices_and_the_gap_trend():
     table = fits_frame(fits)
     assert FITS_COLUMNS <= set(table.columns) and list(table.format) == ["bf16", "e4m3"]
     row = table.iloc[0]
-    assert row.d_b == pytest.approx(1 - row.n_b) and row.d_k == pytest.approx(1 / (6 * row.n_k))
     assert row.loss_n_points == 4 and row.loss_n_boot > 0 and row.loss_l_inf_lo <= row.loss_l_inf_hi
     chin = chinchilla_frame(fits)
     assert len(chin) == 14 and set(chin.compute) == {10.0**e for e in range(15, 22)}
     assert list(chin.extrapolated[chin.format == "bf16"]) == [False] + [True] * 6  # measured 1e12..1e15
-    assert np.allclose(chin.d_opt, chin.compute / (6 * chin.n_opt))
+    # D* = C / FLOPs per token of a model of size N*, as the sweep's runs counted them: not C / 6N*
+    np.testing.assert_allclose(chin.d_opt, chin.compute / _fpt(chin.n_opt), rtol=1e-9)
+    c_over_6n = chin.compute / (6 * chin.n_opt)
+    assert (chin.d_opt < c_over_6n).all() and chin.d_opt.iloc[0] < 0.5 * c_over_6n.iloc[0]  # 2.4x at 1e15
+    assert row.d_at_c_max == pytest.approx(1e15 / _fpt(fits["bf16"].size.predict_n(1e15)), rel=1e-9)
+    assert all(f.law_problem == "" for f in fits.values()) and (table.n_problem == "").all()
     (text,) = gap_verdict(fits)
     assert text.startswith("e4m3 vs bf16:") and "it shrinks by" in text and "Extrapolated" in text
     assert "hypothesis" in text
@@ -189,6 +208,29 @@ def test_a_curve_without_interior_minimum_is_flagged_not_hidden():
     mid = next(o for o in f.optima if o["budget"] == 1e13)
     assert not mid["valid"] and mid["source"] == "lowest measured" and mid["reason"]
     assert "the lowest measured size at 1" in f.size_basis and f.size is not None
+    # ... and a law resting on it gives no Chinchilla table, and the page says why
+    assert f.law_problem.startswith("1 of 3 budgets have no interior isoFLOP vertex (C = 10.0e12: parabola vertex")
+    assert "rest on boundary optima" in f.law_problem
+    fits = {"bf16": f}
+    assert chinchilla_frame(fits).empty
+    assert fits_frame(fits).n_problem.iloc[0] == f.law_problem
+    page = render_section(df.iloc[:0], fits, chinchilla_frame(fits), None)  # no run table: synthetic rows
+    assert "No Chinchilla table for bf16: 1 of 3 budgets have no interior isoFLOP vertex" in page
+
+
+def test_a_law_whose_optimum_shrinks_with_compute_prints_no_table():
+    """Every curve has an interior vertex, but N* falls as C grows (b ≈ -0.27; the old default
+    sweep reported -0.22): the fit is kept and shown, the Chinchilla table is refused with the reason."""
+    df = _synthetic_sweep([1e12, 4e12, 1.6e13, 6.4e13, 2.56e14], n_star=lambda c: 1e5 * (c / 1e12) ** -0.22)
+    fits = fit_sweep(df, n_boot=20)
+    for f in fits.values():
+        assert all(o["valid"] for o in f.optima)
+        assert -0.3 < f.size.b < -0.2
+        assert "outside (0, 1): N* falls as compute grows" in f.law_problem
+    assert chinchilla_frame(fits).empty
+    page = render_section(df.iloc[:0], fits, chinchilla_frame(fits), None)  # no run table: synthetic rows
+    assert page.count("No Chinchilla table for") == 2 and "N* falls as compute grows" in page
+    assert "predicted L" not in page  # no table head either
 
 
 # ------------------------------------------------------------------------------ altgrad plan
@@ -248,7 +290,7 @@ def test_plan_uses_the_fitted_law_when_fits_exist_and_chinchilla_otherwise(tmp_p
     table.loc[table.format == "bf16", "n_k"] *= 10  # bf16's law now asks for a larger model than Chinchilla
     table.to_parquet(fits_path)
     code, out, _ = run_cli(*args)
-    assert code == 0 and "C^-0.2000 in" in out and "is not used: the exponent must lie in (0, 1)" in out
+    assert code == 0 and "is not used: the exponent of N*(C) =" in out and "C^-0.200 is outside (0, 1)" in out
     assert "note: the formats get different plans" in out
     fits_frame(fits).to_parquet(fits_path)
 
@@ -261,6 +303,36 @@ def test_plan_uses_the_fitted_law_when_fits_exist_and_chinchilla_otherwise(tmp_p
     assert code == 2 and "REFUSED" in out and "too little for even the smallest shape" in err
     code, _, err = run_cli("plan", "--config", cfg_path, "--budget-usd", "20")  # the config's cpu costs $0/h
     assert code == 2 and "--price" in err
+
+
+def test_plan_refuses_a_budget_its_law_cannot_reach_and_names_the_least_that_works(tmp_path):
+    """`altgrad plan --budget-usd 0.0001 --device h100` used to print a 1-layer plan 27x below its
+    own law's D* (then C / 6N*). Now a plan must be within 2x of the law's N* and D*. (The tiny
+    matrix has one run, so $0.00001 buys it what $0.0001 buys each of the default's runs.)"""
+    cfg = tiny_config()
+    cfg_path = _write(cfg, tmp_path / "cfg.yaml")
+    args = ["plan", "--config", cfg_path, "--device", "h100", "--fits", str(tmp_path / "no-fits.parquet")]
+    code, out, err = run_cli(*args, "--budget-usd", "0.00001")
+    assert code == 2 and "REFUSED: budget $0.000010" in out and "has no plan within 2x of the law's N* and D*" in out
+    assert "is below the smallest shape" in out and "infeasible plan for bf16" in err
+    least = re.search(r"the least budget that works is \$([0-9.]+) for these 1 run\(s\)", out).group(1)
+    code, out, _ = run_cli(*args, "--budget-usd", least)
+    assert code == 0 and "REFUSED" not in out, out
+    exp = load(cfg)
+    for usd, ok in ((float(least), True), (0.9 * float(least), False)):
+        plan = plan_budget(exp.runs.values(), exp.budget, usd, device="h100", fits_path=tmp_path / "no-fits.parquet")
+        assert bool(plan.refused) is not ok
+    for f in plan_budget(exp.runs.values(), exp.budget, float(least), device="h100",
+                         fits_path=tmp_path / "no-fits.parquet").formats:
+        p = f.plan
+        # the law: Chinchilla's 20 tokens per parameter; the plan within 2x of its N* and D*
+        assert p.d_target == pytest.approx(20 * p.n_target, rel=1e-9)
+        assert 0.5 <= p.n_params_nonembed / p.n_target <= 2 and 0.5 <= p.tokens / p.d_target <= 2
+        # its tokens: C over the FLOPs per token of its shape, counted by hand (GPT-2 vocabulary, context 32)
+        L, d = p.shape.n_layer, p.shape.n_embd
+        n = L * (12 * d * d + 2 * d) + d
+        fpt = f.eval_shadow_factor * (6 * n + 6 * 50257 * d + 6 * L * 32 * d)
+        assert n == p.n_params_nonembed and p.tokens <= p.flops_per_run / fpt < p.tokens + 4 * 32
 
 
 # ------------------------------------------------------------------------------ the real sweep

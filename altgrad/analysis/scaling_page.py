@@ -20,9 +20,17 @@ from matplotlib.lines import Line2D
 
 from altgrad.analysis.html import esc, fmt_num, img, page, table
 from altgrad.analysis.plots import BASELINE_COLOR, PALETTE, png
-from altgrad.analysis.scaling_study import BASELINE, C_DEFINITION, N_DEFINITION, FormatFits, gap_verdict
+from altgrad.analysis.scaling_study import (
+    BASELINE,
+    C_DEFINITION,
+    D_DEFINITION,
+    N_DEFINITION,
+    FormatFits,
+    gap_verdict,
+)
 from altgrad.experiment.planning import CHINCHILLA_TOKENS_PER_PARAM
 from altgrad.experiment.pricing import eng
+from altgrad.scaling_laws import size_at_tokens_per_param
 
 __all__ = ["render_page", "render_section", "scaling_figure"]
 
@@ -54,7 +62,8 @@ def scaling_figure(points_df: pd.DataFrame, fits: Mapping[str, FormatFits]) -> b
     """One figure, three panels, every format: (a) the isoFLOP curves (held-out loss vs N,
     one marker per budget, the fitted parabola dashed, its vertex a star), (b) the
     compute-optimal loss with the fitted ``L(C)`` (dotted beyond the measured range),
-    (c) ``N*(C)`` with its power law and the Chinchilla 20-tokens-per-parameter line."""
+    (c) ``N*(C)`` with its power law and the Chinchilla 20-tokens-per-parameter line (the N
+    that trains 20·N tokens at C, with the sweep's FLOPs per token)."""
     formats = list(fits)
     colors = _format_colors(formats)
     budgets = sorted(points_df["budget"].unique())
@@ -89,9 +98,11 @@ def scaling_figure(points_df: pd.DataFrame, fits: Mapping[str, FormatFits]) -> b
             _plot_law(ax_b, f.loss.c_range, f.loss.predict, col)
         if f.size is not None:
             _plot_law(ax_c, f.size.c_range, f.size.predict_n, col)
-    if budgets:
+    flops_at = next((f.flops_at for f in fits.values() if f.flops_at is not None), None)
+    if budgets and flops_at is not None:  # D = 20·N with the sweep's own FLOPs per token
         xs = np.geomspace(min(budgets), max(budgets) * 30, 50)
-        ax_c.plot(xs, np.sqrt(xs / (6 * CHINCHILLA_TOKENS_PER_PARAM)), color="black", lw=1, ls="--", alpha=0.5)
+        ax_c.plot(xs, [size_at_tokens_per_param(x, CHINCHILLA_TOKENS_PER_PARAM, flops_at) for x in xs],
+                  color="black", lw=1, ls="--", alpha=0.5)
     ax_a.set(xscale="log", xlabel="N (non-embedding parameters)", ylabel="final held-out val loss (nats)",
              title="(a) isoFLOP curves")
     ax_b.set(xscale="log", xlabel="C (training FLOPs)", ylabel="compute-optimal val loss (nats)",
@@ -145,6 +156,8 @@ def render_section(points_df: pd.DataFrame, fits: Mapping[str, FormatFits], chin
             lo, hi = fit.ci95[p]
             return f" [{fmt_num(lo, spec)}, {fmt_num(hi, spec)}]"
 
+        c_max = max((o["budget"] for o in f.optima), default=math.nan)
+        d_max = f.d_at(c_max) if S else math.nan
         rows.append([
             esc(fmt),
             (fmt_num(L.k, ".3g") + ci(L, "k")) if L else esc(f.loss_error or "–"),
@@ -153,15 +166,22 @@ def render_section(points_df: pd.DataFrame, fits: Mapping[str, FormatFits], chin
             fmt_num(L.r2, ".3f") if L else "", str(L.n_points) if L else "",
             (fmt_num(S.k, ".3g") + ci(S, "k")) if S else esc(f.size_error or "–"),
             (fmt_num(S.b, ".3f") + ci(S, "b", ".3f")) if S else "",
-            fmt_num(S.r2, ".3f") if S else "", fmt_num(1 - S.b, ".3f") if S else "", esc(f.size_basis),
+            fmt_num(S.r2, ".3f") if S else "", str(S.n_points) if S else "",
+            fmt_num(d_max / S.predict_n(c_max), ".1f") if S and math.isfinite(d_max) else "",
+            esc(f.size_basis),
         ])
-    parts.append(table(_head("format", "L(C): k", "a", "L∞", "R²", "points", "N*(C): k'", "b", "R² (log)",
-                             "D* exponent 1−b", "N* rests on"), rows))
+    parts.append(table(_head("format", "L(C): k", "a", "L∞", "R²", "points", "N*(C): k'", "b", "R² (log)", "points",
+                             "D*/N* at the largest C", "N* rests on"), rows))
     parts.append('<p class="sub">Brackets: 95% bootstrap intervals (points resampled with replacement). '
-                 f"N = {esc(N_DEFINITION)}; C = {esc(C_DEFINITION)}; D*(C) = C / (6·N*(C)). L(C) is fitted by "
-                 "nonlinear least squares in linear loss space to the per-budget optimal losses.</p>")
+                 f"N = {esc(N_DEFINITION)}; C = {esc(C_DEFINITION)}; {esc(D_DEFINITION)}. L(C) is fitted by "
+                 "nonlinear least squares in linear loss space to the per-budget optimal losses. With as many "
+                 "points as parameters a law passes through its points exactly, and R² says nothing.</p>")
 
     parts.append("<h2>Chinchilla table: predicted compute-optimal N* and D*</h2>")
+    refused = [(fmt, f.law_problem) for fmt, f in fits.items() if f.law_problem]
+    if refused:
+        parts.append('<div class="verdict">' + "".join(
+            f"<p>No Chinchilla table for {esc(fmt)}: {esc(why)}.</p>" for fmt, why in refused) + "</div>")
     if len(chinchilla_df):
         muted = ["muted" if e else "" for e in chinchilla_df["extrapolated"]]
         rows = [[esc(r.format), f"{r.compute:.0e}", fmt_num(r.n_opt, ".3g"), fmt_num(r.d_opt, ".3g"),
@@ -169,9 +189,10 @@ def render_section(points_df: pd.DataFrame, fits: Mapping[str, FormatFits], chin
                  fmt_num(r.loss, ".3f"), "extrapolated" if r.extrapolated else "measured range"]
                 for r in chinchilla_df.itertuples()]
         parts.append(table(_head("format", "C (FLOPs)", "N*", "D*", "D*/N*", "predicted L", ""), rows, muted))
-        parts.append('<p class="sub">Grey italic rows lie outside the measured compute range: extrapolations of the '
-                     "fitted laws, not measurements.</p>")
-    else:
+        parts.append('<p class="sub">D* = C / flops_per_token(N*): the tokens a model of size N* trains at C. Grey '
+                     "italic rows lie outside the measured compute range: extrapolations of the fitted laws, not "
+                     "measurements.</p>")
+    elif not refused:
         parts.append("<p>No format has an N*(C) law (see the errors above).</p>")
 
     parts.append("<h2>IsoFLOP optima per budget</h2>")

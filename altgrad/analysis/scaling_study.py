@@ -18,7 +18,14 @@ Conventions (the same as everywhere in altgrad):
   counted. It is what a run's ``summary.json`` reports as ``flops``.
 * Per format: ``L(C) = k·C^a + L∞`` fitted in linear loss space to the per-budget
   compute-optimal losses; ``N*(C) = k'·C^b`` fitted to the per-budget optima of a parabola in
-  ``log N`` (:func:`altgrad.scaling_laws.isoflop_optimum`); ``D*(C) = C / (6·N*)``.
+  ``log N`` (:func:`altgrad.scaling_laws.isoflop_optimum`); ``D*(C) = C / flops_per_token(N*)``,
+  the tokens a model of size N* trains at C, with the FLOPs per token of the sweep's own
+  shapes (:func:`altgrad.training.flops.flops_per_token_by_size`: exact at every trained
+  shape, interpolated between them). Not ``C / 6N*``: on these small models the lm_head and
+  attention are most of the FLOPs, and ``C / 6N*`` overstates D* several-fold.
+* A Chinchilla table (and ``altgrad plan``'s use of a law) needs a law that can be trusted:
+  an interior isoFLOP vertex at every budget (sizes that bracket the optimum) and an exponent
+  b in (0, 1). Otherwise :attr:`FormatFits.law_problem` says why, and no table is printed.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,9 +54,10 @@ from altgrad.scaling_laws import (
     isoflop_optimum,
     positive_finite,
     require_distinct,
+    unphysical_reason,
 )
 from altgrad.training.config import RunConfig
-from altgrad.training.flops import ModelShape, flops_per_token, param_counts
+from altgrad.training.flops import ModelShape, flops_per_token, param_counts, size_flops_relation
 
 __all__ = [
     "BASELINE",
@@ -68,6 +76,8 @@ BASELINE = "bf16"
 GAP_TOLERANCE = 0.01  # nats: a change of the gap smaller than this is "about constant"
 N_DEFINITION = "non-embedding (no token/position embedding; the tied lm_head is not counted)"
 C_DEFINITION = "flops_per_token(shape) x tokens = (6N + 6Vd lm_head + 6LTd causal attention) x D, training only"
+D_DEFINITION = ("D*(C) = C / flops_per_token(shape of size N*(C)): the tokens a model of size N* trains at C "
+                "(FLOPs per token of the sweep's shapes, interpolated between them)")
 
 
 def _read(path: Path) -> Any:
@@ -130,14 +140,23 @@ class FormatFits:
     size_error: str = ""
     size_basis: str = ""
     excluded: list[str] = field(default_factory=list)  # run ids not fitted (diverged, no loss)
+    # N -> training FLOPs per token of a model of that size shaped like the sweep's (D* = C / this)
+    flops_at: Callable[[float], float] | None = field(default=None, repr=False, compare=False)
+    law_problem: str = ""  # why N*(C) gives no Chinchilla table and no plan ("" when it does)
 
     def l_at(self, c: float) -> float:
         return float(self.loss.predict(c)) if self.loss is not None else float("nan")
 
+    def d_at(self, c: float) -> float:
+        """``D*(C) = C / flops_per_token(N*(C))`` (NaN without a size law)."""
+        if self.size is None or self.flops_at is None:
+            return float("nan")
+        return float(self.size.predict_d(c, self.flops_at))
+
 
 def fit_format(df, *, n_boot: int = 200, seed: int = 0, fmt: str | None = None) -> FormatFits:
-    """Fit one format's sweep rows (columns ``budget``, ``n_params_nonembed``, ``val_loss``,
-    ``status``, ``run_id``).
+    """Fit one format's sweep rows (columns ``budget``, ``n_params_nonembed``,
+    ``flops_per_token``, ``val_loss``, ``status``, ``run_id``).
 
     Per budget: :func:`~altgrad.scaling_laws.isoflop_optimum` over the completed runs. The
     optimum used downstream (``n_used``/``l_used``) is the parabola's vertex when it is a
@@ -146,6 +165,9 @@ def fit_format(df, *, n_boot: int = 200, seed: int = 0, fmt: str | None = None) 
     flagged mix (``size_basis`` says which); ``L(C)`` on the per-budget ``l_used``. Fewer than
     3 distinct budgets in ``df`` raises :class:`~altgrad.scaling_laws.ScalingInputError`; a
     fit that cannot be made from the runs that completed keeps its error text instead.
+    ``flops_at`` is the sweep's own ``N -> FLOPs per token`` (D* = C / flops_at(N*)), and
+    ``law_problem`` says why the size law gives no Chinchilla table: a budget without an
+    interior vertex, or an exponent outside (0, 1).
     """
     fmt = fmt or (str(df["format"].iloc[0]) if len(df) else "?")
     # a sweep planned with too few budgets is an error; runs lost to divergence are recorded below
@@ -192,7 +214,25 @@ def fit_format(df, *, n_boot: int = 200, seed: int = 0, fmt: str | None = None) 
                                        n_boot=max(n_boot, 0), seed=seed)
     except ScalingInputError as e:
         out.loss_error = str(e)
+    shapes = df.drop_duplicates("n_params_nonembed")
+    out.flops_at = size_flops_relation(shapes["n_params_nonembed"].astype(float), shapes["flops_per_token"].astype(float))
+    out.law_problem = _law_problem(out)
     return out
+
+
+def _law_problem(f: FormatFits) -> str:
+    """Why ``f``'s N*(C) law must not be extrapolated into a Chinchilla table or used to plan."""
+    if f.size is None:
+        return f"no N*(C) law ({f.size_error})"
+    missed = [o for o in f.optima if not o["valid"]]
+    if missed:
+        where = "; ".join(f"C = {eng(o['budget'])}: {o['reason']}" for o in missed)
+        return (f"{len(missed)} of {len(f.optima)} budgets have no interior isoFLOP vertex ({where}), so N*(C) would "
+                "rest on boundary optima, not measured ones: sample sizes that bracket the optimum at every budget")
+    why = unphysical_reason(f.size)
+    if why:
+        return why
+    return ""
 
 
 def fit_sweep(points_df, *, n_boot: int = 200, seed: int = 0) -> dict[str, FormatFits]:
@@ -212,9 +252,12 @@ def fits_frame(fits: Mapping[str, FormatFits]):
     ``loss_*``: ``L(C) = loss_k·C^loss_a + loss_l_inf`` (R² in linear space; ``_std`` and
     ``_lo``/``_hi`` = bootstrap std and 95% interval; ``loss_n_points`` points, one per budget).
     ``n_*``: ``N*(C) = n_k·C^n_b`` in non-embedding parameters (R² in log space), ``n_basis``
-    says which per-budget optima it rests on. ``d_k``, ``d_b``: ``D*(C) = d_k·C^d_b =
-    C / (6·N*)``. ``c_min``/``c_max``: the measured compute range (outside it = extrapolation).
-    ``*_error``: why a fit is missing (empty when it is there).
+    says which per-budget optima it rests on; ``n_problem`` why it gives no Chinchilla table and
+    ``altgrad plan`` does not use it (empty when it is usable). ``d_at_c_max``: D* at the largest
+    measured budget, ``D*(C) = C / flops_per_token(N*)`` (``d_definition``; not a power law,
+    since the FLOPs per token are not proportional to N). ``c_min``/``c_max``: the measured
+    compute range (outside it = extrapolation). ``*_error``: why a fit is missing (empty when
+    it is there).
     """
     nan = math.nan
     rows = []
@@ -243,21 +286,23 @@ def fits_frame(fits: Mapping[str, FormatFits]):
             row[f"n_{p}_std"] = S.std.get(p, nan) if S else nan
             row[f"n_{p}_lo"] = _ci(S.ci95, p, 0) if S else nan
             row[f"n_{p}_hi"] = _ci(S.ci95, p, 1) if S else nan
-        row.update({"n_basis": f.size_basis, "n_error": f.size_error,
-                    "d_k": 1.0 / (6.0 * S.k) if S else nan, "d_b": 1.0 - S.b if S else nan,
-                    "n_definition": N_DEFINITION, "c_definition": C_DEFINITION})
+        c_max = row["c_max"]
+        row.update({"n_basis": f.size_basis, "n_error": f.size_error, "n_problem": f.law_problem,
+                    "d_at_c_max": f.d_at(c_max) if S and math.isfinite(c_max) else nan,
+                    "n_definition": N_DEFINITION, "c_definition": C_DEFINITION, "d_definition": D_DEFINITION})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def chinchilla_frame(fits: Mapping[str, FormatFits], budgets: Sequence[float] | None = None):
-    """Predicted N*, D* and L per format at 1e15 … 1e21 FLOPs, ``extrapolated`` outside the
-    measured range."""
+    """Predicted N*, D* = C / flops_per_token(N*) and L per format at 1e15 … 1e21 FLOPs,
+    ``extrapolated`` outside the measured range. A format whose law has a problem
+    (:attr:`FormatFits.law_problem`) has no rows: its table would be fiction."""
     rows = []
     for fmt, f in fits.items():
-        if f.size is None:
+        if f.size is None or f.law_problem:
             continue
-        for r in chinchilla_table(f.size, budgets or DEFAULT_BUDGETS, loss_fit=f.loss):
+        for r in chinchilla_table(f.size, budgets or DEFAULT_BUDGETS, loss_fit=f.loss, flops_per_token=f.flops_at):
             rows.append({"format": fmt, "compute": r.compute, "n_opt": r.n_opt, "d_opt": r.d_opt,
                          "tokens_per_param": r.d_opt / r.n_opt, "loss": r.loss, "extrapolated": r.extrapolated})
     cols = ["format", "compute", "n_opt", "d_opt", "tokens_per_param", "loss", "extrapolated"]

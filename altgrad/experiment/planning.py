@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +40,8 @@ from altgrad.experiment.pricing import (
     si,
 )
 from altgrad.experiment.runs import Run
-from altgrad.scaling_laws import PowerLaw
-from altgrad.training.flops import FlopsFn, ModelShape, flops_per_token, param_counts
+from altgrad.scaling_laws import PowerLaw, size_at_tokens_per_param, unphysical_reason
+from altgrad.training.flops import FlopsFn, ModelShape, flops_per_token, flops_per_token_by_size, param_counts
 
 __all__ = [
     "BudgetPlan",
@@ -57,10 +57,46 @@ __all__ = [
 ]
 
 CHINCHILLA_TOKENS_PER_PARAM = 20.0
+# A plan is compute-optimal only if its shape and tokens are both within this factor of the
+# law's N* and D*; a budget that cannot get that close (it asks for a model below the
+# smallest shape, or between two shapes too far apart) is refused with the least that works.
+PLAN_FACTOR = 2.0
 
 
 class InfeasiblePlan(AltgradError):
-    """A compute-optimal plan cannot be met (too few tokens, out of memory, budget too small)."""
+    """A compute-optimal plan cannot be met (too few tokens, out of memory, budget too small).
+
+    ``reason``: what is wrong, without the remedy; ``least_usd``: the least total budget at
+    or above the refused one whose plan is accepted, when more money is the remedy (else None).
+    """
+
+    def __init__(self, message: str, *, reason: str | None = None, least_usd: float | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+        self.least_usd = least_usd
+
+
+def least_budget(accepts: Callable[[float], bool], refused_usd: float, *, max_factor: float = 1e12) -> float | None:
+    """The least budget above ``refused_usd`` that ``accepts`` (to 0.1%, then rounded up to two
+    significant digits, checked again): a geometric scan upward, then bisection. None when no
+    budget up to ``max_factor``·``refused_usd`` is accepted."""
+    lo, hi = float(refused_usd), float(refused_usd)
+    while True:
+        hi *= 1.25
+        if hi > refused_usd * max_factor:
+            return None
+        if accepts(hi):
+            break
+        lo = hi
+    while hi / lo > 1.001:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if accepts(mid) else (mid, hi)
+    exp = math.floor(math.log10(hi)) - 1
+    for k in range(100):  # two significant digits, rounded up (and past any refused gap just above)
+        usd = (math.ceil(hi / 10.0**exp - 1e-9) + k) * 10.0**exp
+        if accepts(usd):
+            return usd
+    return hi
 
 
 # --------------------------------------------------------------------------------------
@@ -166,7 +202,7 @@ class ComputePlan:
     split: BudgetSplit
     law: str
     n_target: float  # non-embedding N the scaling law asks for
-    d_target: float  # tokens the law asks for (C / 6N)
+    d_target: float  # tokens the law asks for: C / flops_per_token(shape of size N*)
     shape: ModelShape
     n_params: int
     n_params_nonembed: int
@@ -230,34 +266,78 @@ def plan_compute_optimal(
     bytes_per_param: float = 16.0,
     activation_bytes: float = 2.0,
     flash_attention: bool = False,
+    factor: float = PLAN_FACTOR,
 ) -> ComputePlan:
     """Turn a dollar budget into a compute-optimal model shape and token count.
 
     1. budget → FLOPs per run: ``C = budget/price · 3600 · peak · mfu / n_runs``.
-    2. C → target non-embedding N*: with ``fit`` (a :class:`altgrad.scaling_laws.PowerLaw`
-       or any ``C -> N`` callable) ``N* = k'·C^b``; otherwise Chinchilla (Hoffmann et al.
-       2022): ``D = r·N`` with r = ``tokens_per_param`` (≈20) and ``C = 6·N·D``, so
-       ``N* = sqrt(C / (6r))``.
+    2. C → the law's non-embedding N* and tokens D*: with ``fit`` (a
+       :class:`altgrad.scaling_laws.PowerLaw` or any ``C -> N`` callable) ``N* = k'·C^b``;
+       otherwise Chinchilla (Hoffmann et al. 2022): ``D = r·N`` with r = ``tokens_per_param``
+       (≈20), i.e. the N whose run trains r·N tokens at C
+       (:func:`altgrad.scaling_laws.size_at_tokens_per_param`). Either way
+       ``D* = C / flops_per_token(N*)``, with the FLOPs per token of the shape family at
+       size N* (:func:`altgrad.training.flops.flops_per_token_by_size`: the lm_head and
+       attention count, so D* is not C / 6N*).
     3. N* → the nearest shape of :func:`shape_family` (width multiple of 64, head dim 64,
        width/depth = ``aspect``), then the real tokens for that shape from the one FLOPs
        convention: ``D = C / flops_per_token(shape)``, rounded down to whole optimizer
        steps of ``batch_size × block_size`` tokens (so the plan never exceeds the budget).
 
-    Raises :class:`InfeasiblePlan` (an AltgradError) when the budget cannot buy the smallest
-    shape, when the plan has fewer tokens than N/10, or when one batch does not fit in
-    ``memory_fraction`` of device memory.
+    Raises :class:`InfeasiblePlan` (an AltgradError) when the plan's shape or tokens are not
+    within ``factor`` of the law's N* and D* (a budget that asks for a model below the
+    smallest shape, or between two shapes too far apart), when the budget cannot buy one
+    batch of the smallest shape, when the plan has fewer tokens than N/10, or when one batch
+    does not fit in ``memory_fraction`` of device memory. A refusal that more money would
+    fix names the least budget that works (``least_usd``).
     """
+    args = dict(device=device, price=price, mfu=mfu, n_runs=n_runs, fit=fit, tokens_per_param=tokens_per_param,
+                batch_size=batch_size, block_size=block_size, vocab_size=vocab_size, bias=bias, aspect=aspect,
+                head_dim=head_dim, min_layers=min_layers, max_layers=max_layers, flops_fn=flops_fn,
+                memory_fraction=memory_fraction, bytes_per_param=bytes_per_param,
+                activation_bytes=activation_bytes, flash_attention=flash_attention, factor=factor)
+    try:
+        return _plan_once(budget_usd, **args)
+    except _TooSmall as e:
+        def accepts(usd: float) -> bool:
+            try:
+                _plan_once(usd, **args)
+            except InfeasiblePlan:
+                return False
+            return True
+
+        least = least_budget(accepts, float(budget_usd))
+        remedy = (f"the least budget that works is {dollars(least)}" + (f" ({n_runs} runs)" if n_runs > 1 else "")
+                  + (" or use fewer runs" if n_runs > 1 else "")) if least is not None else \
+            "no budget up to 1e12 times this one works: change the shape family (block_size, vocab_size, aspect)"
+        raise InfeasiblePlan(f"{e}; {remedy}", reason=str(e), least_usd=least) from None
+
+
+class _TooSmall(InfeasiblePlan):
+    """A refusal that a larger budget fixes."""
+
+
+def _plan_once(
+    budget_usd: float, *, device, price, mfu, n_runs, fit, tokens_per_param, batch_size, block_size, vocab_size,
+    bias, aspect, head_dim, min_layers, max_layers, flops_fn, memory_fraction, bytes_per_param, activation_bytes,
+    flash_attention, factor,
+) -> ComputePlan:
     split = BudgetSplit.of(budget_usd, device, price, mfu, n_runs)
     dev = get_device(device, price_usd=price)
     if not (tokens_per_param > 0):
         raise InfeasiblePlan(f"tokens_per_param must be > 0, got {tokens_per_param}")
+    if not (factor > 1):
+        raise InfeasiblePlan(f"factor must be > 1, got {factor}")
     ffn = flops_fn or flops_per_token
     notes: list[str] = []
     C = split.flops_per_run
+    fam = dict(block_size=block_size, vocab_size=vocab_size, aspect=aspect, head_dim=head_dim, bias=bias)
+    members = _family(min_layers, max_layers, **fam)
+    fpt_of_n = flops_per_token_by_size(members, ffn)
 
     if fit is None:
-        n_target = math.sqrt(C / (6.0 * tokens_per_param))
-        law = f"Chinchilla, D = {tokens_per_param:g}·N, C = 6ND"
+        n_target = size_at_tokens_per_param(C, tokens_per_param, fpt_of_n)
+        law = f"Chinchilla, D = {tokens_per_param:g}·N at C = FLOPs/token(N)·D"
     else:
         predict = getattr(fit, "predict_n", fit)
         n_target = float(predict(C))
@@ -271,33 +351,39 @@ def plan_compute_optimal(
                 f"C = {eng(C)} is outside the fit's measured range "
                 f"[{eng(c_range[0])}, {eng(c_range[1])}]: extrapolated"
             )
-    d_target = C / (6.0 * n_target)
-
-    fam = dict(block_size=block_size, vocab_size=vocab_size, aspect=aspect, head_dim=head_dim, bias=bias)
+    d_target = C / fpt_of_n(n_target)
     tokens_per_step = batch_size * block_size
 
-    smallest = shape_family(min_layers, **fam)
+    smallest = members[0]
     n_small = param_counts(smallest)[1]
     c_min = ffn(smallest) * max(n_small / 10.0, tokens_per_step)
     if C < c_min:
-        usd_min = c_min * n_runs / (3600.0 * dev.peak_flops * split.mfu) * dev.price_usd
-        raise InfeasiblePlan(
+        raise _TooSmall(
             f"budget {dollars(split.budget_usd)} buys {eng(C)} FLOPs per run, too little for even the smallest shape "
             f"(n_layer={smallest.n_layer}, n_embd={smallest.n_embd}, N={n_small:,}), which needs "
-            f"{eng(c_min)} FLOPs per run (max(N/10, one batch) tokens); raise the budget to at least "
-            f"{dollars(usd_min)} or use fewer runs"
+            f"{eng(c_min)} FLOPs per run (max(N/10, one batch) tokens)"
         )
 
     shape = shape_for_params(n_target, min_layers=min_layers, max_layers=max_layers, **fam)
     total, nonembed = param_counts(shape)
-    if n_target < n_small:
-        notes.append(f"N* = {si(n_target)} is below the smallest shape; using n_layer={min_layers}")
-    elif n_target > param_counts(shape_family(max_layers, **fam))[1]:
-        notes.append(f"N* = {si(n_target)} is above the largest shape (n_layer={max_layers}); clamped")
-
     fpt = float(ffn(shape))
     steps = int(C / fpt // tokens_per_step)
     tokens = steps * tokens_per_step
+    far = []
+    above_largest = shape.n_layer == max_layers and n_target > nonembed
+    if not 1 / factor <= nonembed / n_target <= factor:
+        where = ("below the smallest shape" if n_target < n_small else
+                 "above the largest shape" if above_largest else "between two shapes")
+        far.append(f"the law's N* = {si(n_target)} non-embedding params is {where}: the nearest "
+                   f"(n_layer={shape.n_layer}, n_embd={shape.n_embd}) has N = {si(nonembed)}, "
+                   f"{max(nonembed / n_target, n_target / nonembed):.1f}x off")
+    if not 1 / factor <= tokens / d_target <= factor:
+        far.append(f"it trains {si(tokens)} tokens, {max(tokens / d_target, d_target / max(tokens, 1)):.1f}x "
+                   f"{'below' if tokens < d_target else 'above'} the law's D* = {si(d_target)} "
+                   f"(C / FLOPs per token at N*)")
+    if far:
+        raise (InfeasiblePlan if above_largest else _TooSmall)(f"budget {dollars(split.budget_usd)} ({eng(C)} FLOPs per run, {law}) has no plan within "
+                  f"{factor:g}x of the law's N* and D*: " + "; ".join(far))
     if tokens < nonembed / 10.0:
         raise InfeasiblePlan(
             f"the plan trains N={nonembed:,} params on only {tokens:,} tokens (< N/10 = {nonembed // 10:,}); "
@@ -340,6 +426,10 @@ def plan_compute_optimal(
     )
 
 
+def _family(min_layers: int, max_layers: int, **fam: Any) -> list[ModelShape]:
+    return [shape_family(n, **fam) for n in range(min_layers, max_layers + 1)]
+
+
 # --------------------------------------------------------------------------------------
 # A plan for every format of a matrix: `altgrad plan --budget-usd`
 # --------------------------------------------------------------------------------------
@@ -348,12 +438,16 @@ def plan_compute_optimal(
 def load_fitted_laws(path: str | os.PathLike) -> dict[str, tuple[PowerLaw | None, str]]:
     """The scaling study's ``fits.parquet`` (written by
     :func:`altgrad.analysis.scaling_study.fits_frame`) -> format -> (its ``N*(C)`` law or
-    None, a note saying where the law came from or why there is none)."""
+    None, a note saying where the law came from or why there is none). A law the study
+    flagged (``n_problem``: boundary optima, an exponent outside (0, 1)) is not returned."""
     import pandas as pd
 
     out: dict[str, tuple[PowerLaw | None, str]] = {}
     for r in pd.read_parquet(path).itertuples():
-        if math.isfinite(r.n_k) and math.isfinite(r.n_b) and r.n_k > 0:
+        problem = str(getattr(r, "n_problem", "") or "")
+        if problem:  # a law the study itself would not extrapolate (boundary optima, unphysical exponent)
+            out[str(r.format)] = (None, f"its fitted N*(C) is not used: {problem}")
+        elif math.isfinite(r.n_k) and math.isfinite(r.n_b) and r.n_k > 0:
             law = PowerLaw(k=float(r.n_k), b=float(r.n_b), r2=float(r.n_r2), n_points=int(r.n_n_points),
                            c_range=(float(r.c_min), float(r.c_max)))
             out[str(r.format)] = (law, f"measured {eng(r.c_min)}–{eng(r.c_max)} FLOPs; N* from {r.n_basis}")
@@ -393,7 +487,7 @@ class BudgetPlan:
         lines = [
             f"altgrad plan: {self.split.describe()}",
             f"laws: {self.fits_path} " + ("found: each format's fitted N*(C) where it has one, else Chinchilla"
-                                          if self.fits_found else "not found: Chinchilla (D = 20 N, C = 6ND) for every format"),
+                                          if self.fits_found else "not found: Chinchilla (D = 20·N) for every format"),
             (f"FLOPs/token: 6·N + 6·V·d (lm_head) + {self.attention} attention, times the run's eval/shadow "
              "passes; N = non-embedding parameters; shapes: width a multiple of 64, head dim 64, width/depth 64"),
         ]
@@ -453,9 +547,10 @@ def plan_budget(
     vocabulary a run with a null ``vocab_size`` takes. The budget is split evenly over the
     runs (of ``formats`` if given). For each
     format, :func:`plan_compute_optimal` sizes the run with that format's fitted ``N*(C)``
-    from ``fits_path`` when the file exists and has a law for it whose exponent lies in
-    (0, 1) (N* and D* both grow with C), else Chinchilla; the printed source says which and
-    why. Context length, batch and vocabulary are the runs' (overridable). FLOPs per token
+    from ``fits_path`` when the file exists and has a law for it that rests on interior
+    isoFLOP vertices and whose exponent lies in (0, 1) (N* and D* both grow with C), else
+    Chinchilla; the printed source says which and why. A format whose plan cannot come within
+    :data:`PLAN_FACTOR` of its law's N* and D* is refused with the least budget that works. Context length, batch and vocabulary are the runs' (overridable). FLOPs per token
     include the run's evaluation and FP32-shadow passes (:func:`eval_and_shadow_factor`, as
     the pipeline's budget table charges them), so the jobs, priced by :func:`plan_job`
     exactly as the pipeline prices them, stay within the budget. Infeasible formats are kept
@@ -493,34 +588,54 @@ def plan_budget(
     for fmt, runs in by_format.items():
         cfg = runs[0].config
         law, note = laws.get(fmt, (None, "" if not found else f"{fits_path} has no row for {fmt}"))
-        if law is not None and not 0.0 < law.b < 1.0:
-            note = (f"its fitted N*(C) = {law.k:.4g}·C^{law.b:.4f} in {fits_path} is not used: the exponent must "
-                    "lie in (0, 1) so that N* and D* both grow with compute (sample wider sizes and budgets)")
+        if law is not None and unphysical_reason(law):
+            note = f"its fitted N*(C) in {fits_path} is not used: {unphysical_reason(law)}"
             law = None
         if law is not None:
             source = f"fitted N*(C) = {law.k:.4g}·C^{law.b:.4f} from {fits_path} ({fmt}; {note})"
         else:
-            source = "Chinchilla: N* = sqrt(C / 120) (D = 20·N, C = 6·N·D)" + (f"; {note}" if note else "")
+            source = ("Chinchilla: D* = 20·N*, the N* whose run trains 20 tokens per parameter at C (FLOPs per "
+                      "token of the shape family, not 6·N)" + (f"; {note}" if note else ""))
         block = int(block_size or cfg.model.block_size)
         batch = int(batch_size or cfg.train.batch_size * cfg.train.grad_accum)
         vocab = int(vocab_size or cfg.model.vocab_size or meta_vocab or GPT2_VOCAB_SIZE)
-        factor, plan, refused = 1.0, None, ""
-        for _ in range(6):  # the eval/shadow factor depends on the planned steps; it settles in a step or two
-            try:
-                plan = plan_compute_optimal(
-                    split.budget_usd, device=dev, mfu=split.mfu, n_runs=split.n_runs, fit=law, batch_size=batch,
-                    block_size=block, vocab_size=vocab,
-                    flops_fn=lambda s, f=factor: f * flops_per_token(s, attention=attention),
-                )
-            except InfeasiblePlan as e:
-                plan, refused = None, str(e)
-                break
-            new = eval_and_shadow_factor(cfg.train, plan.steps)
-            if abs(new - factor) <= 1e-6 * factor:
-                break
-            factor = new
-        if plan is not None:
-            factor = eval_and_shadow_factor(cfg.train, plan.steps)  # what the pipeline's table charges
+
+        def plan_format(usd: float, *, law=law, cfg=cfg, block=block, batch=batch, vocab=vocab
+                        ) -> tuple[ComputePlan, float]:
+            """The plan at ``usd`` with the eval/shadow factor of its own steps, or InfeasiblePlan.
+            The factor only grows from one try to the next and stops when the plan's own is not
+            larger than the one it was planned with (a step or two), so the plan stays in budget."""
+            factor = 1.0
+            for _ in range(20):
+                plan = _plan_once(
+                    usd, device=dev, price=None, mfu=split.mfu, n_runs=split.n_runs, fit=law,
+                    tokens_per_param=CHINCHILLA_TOKENS_PER_PARAM, batch_size=batch, block_size=block,
+                    vocab_size=vocab, bias=False, aspect=64, head_dim=64, min_layers=1, max_layers=128,
+                    flops_fn=lambda s, f=factor: f * flops_per_token(s, attention=attention), memory_fraction=0.9,
+                    bytes_per_param=16.0, activation_bytes=2.0, flash_attention=False, factor=PLAN_FACTOR)
+                new = eval_and_shadow_factor(cfg.train, plan.steps)
+                if new <= factor * (1 + 1e-9):
+                    break
+                factor = new
+            return plan, eval_and_shadow_factor(cfg.train, plan.steps)  # what the pipeline's table charges
+
+        plan, refused, factor = None, "", 1.0
+        try:
+            plan, factor = plan_format(split.budget_usd)
+        except _TooSmall as e:
+            def accepts(usd: float, plan_format=plan_format) -> bool:
+                try:
+                    plan_format(usd)
+                except InfeasiblePlan:
+                    return False
+                return True
+
+            least = least_budget(accepts, split.budget_usd)
+            refused = f"{e}; " + (
+                f"the least budget that works is {dollars(least)} for these {split.n_runs} run(s) (or plan fewer runs: "
+                "--formats)" if least is not None else "no budget up to 1e12 times this one works")
+        except InfeasiblePlan as e:
+            refused = str(e)
         plans.append(FormatPlan(fmt, [r.run_id for r in runs], source, plan, refused, factor))
         if plan is not None:
             for r in runs:

@@ -6,7 +6,8 @@ planner (altgrad.experiment.pricing) prices runs with it, so both use one conven
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -135,3 +136,68 @@ def flops_per_token(
     if include_attention and attention != "none":
         flops += (6.0 if attention == "causal" else 12.0) * L * T * d
     return flops
+
+
+def flops_per_token_by_size(
+    shapes: Sequence[ModelShape], flops_fn: FlopsFn | None = None
+) -> Callable[[float], float]:
+    """``N -> FLOPs per token`` of a model of non-embedding size N shaped like ``shapes``
+    (:func:`size_flops_relation` over their ``(param_counts(s)[1], flops_fn(s))``)."""
+    ffn = flops_fn or flops_per_token
+    shapes = list(shapes)
+    return size_flops_relation([param_counts(s)[1] for s in shapes], [float(ffn(s)) for s in shapes])
+
+
+def size_flops_relation(sizes: Sequence[float], flops: Sequence[float]) -> Callable[[float], float]:
+    """``N -> FLOPs per token`` through measured ``(N, FLOPs per token)`` pairs of one kind of model.
+
+    What turns a model size into tokens: a law that gives the compute-optimal size N* at a
+    budget C gives ``D* = C / flops_per_token(shape of N*)``, because C counts every FLOP
+    of a step (:func:`flops_per_token`: 6·N plus the lm_head and attention, which on a
+    small model are most of it), not 6·N.
+
+    The FLOPs per token are ``6·N + overhead(N)``, ``overhead = flops - 6·N`` (the lm_head,
+    attention, and any multiplier the caller's count applies). It is exact at every given
+    size; between two of them the overhead is interpolated linearly in
+    ``(log N, log overhead)``; below the smallest and above the largest it follows the power
+    law ``overhead ∝ N^s`` fitted by least squares through all of them (one size: constant).
+    With an overhead ≤ 0 somewhere (a pure 6·N count), it is interpolated linearly in
+    ``log N`` and held constant beyond the ends.
+    """
+    pts: dict[float, float] = {}
+    for n, f in zip(sizes, flops, strict=True):
+        n, f = float(n), float(f)
+        if not (math.isfinite(n) and n > 0 and math.isfinite(f) and f > 0):
+            raise AltgradError(f"sizes and FLOPs per token must be positive numbers, got N={n}, FLOPs={f}")
+        pts.setdefault(n, f)
+    if not pts:
+        raise AltgradError("a size -> FLOPs relation needs at least one (N, FLOPs per token) pair")
+    ns = sorted(pts)
+    logn = [math.log(n) for n in ns]
+    over = [pts[n] - 6.0 * n for n in ns]
+    positive = all(o > 0 for o in over)
+    ys = [math.log(o) for o in over] if positive else over
+    if positive and len(ns) > 1:
+        xm, ym = sum(logn) / len(ns), sum(ys) / len(ns)
+        slope = sum((x - xm) * (y - ym) for x, y in zip(logn, ys)) / sum((x - xm) ** 2 for x in logn)
+    else:
+        slope = 0.0
+
+    def overhead(n: float) -> float:
+        x = math.log(n)
+        if len(ns) == 1 or x <= logn[0] or x >= logn[-1]:
+            end = 0 if x <= logn[0] else len(ns) - 1
+            y = ys[end] + slope * (x - logn[end])
+        else:
+            i = next(j for j in range(1, len(ns)) if x <= logn[j])
+            w = (x - logn[i - 1]) / (logn[i] - logn[i - 1])
+            y = ys[i - 1] + w * (ys[i] - ys[i - 1])
+        return math.exp(y) if positive else y
+
+    def fpt(n: float) -> float:
+        n = float(n)
+        if not (math.isfinite(n) and n > 0):
+            raise AltgradError(f"a model size must be a positive number, got {n}")
+        return pts[n] if n in pts else 6.0 * n + overhead(n)
+
+    return fpt
