@@ -29,7 +29,7 @@ from altgrad.experiment.planning import plan_budget
 from altgrad.experiment.pricing import budget_totals, plan_job
 from altgrad.experiment.sweep import budget_tag
 from altgrad.scaling_laws import ScalingInputError
-from altgrad.training.flops import ModelShape, flops_per_token, param_counts
+from altgrad.training.flops import ModelShape, flops_per_token
 
 VOCAB = 5376  # >= the compacted eurlex-sample vocabulary (5354), a multiple of 64
 TINY_SHAPES = [{"n_layer": 1, "n_embd": 8, "n_head": 1}, {"n_layer": 1, "n_embd": 16, "n_head": 1},
@@ -98,19 +98,50 @@ def test_sweep_runs_train_exactly_their_planned_tokens():
 
 
 def test_family_sizes_are_hardware_friendly_and_centred_on_chinchilla():
+    """Centred on the member whose run trains closest to 20 tokens per parameter at C, counted
+    with the real FLOPs per token (the old centre sqrt(C/120) assumed 6N and sat 2-4x too large)."""
     cfg = tiny_config(sizes=3, aspect=64, budgets=[1e13, 1e14, 1e15], batch_size=8)
     exp = load(cfg)
-    by_budget: dict[float, list[ModelShape]] = {}
+    by_budget: dict[float, list] = {}
     for p in exp.sweep_points:
         if p.format == "bf16":
-            by_budget.setdefault(p.plan.budget, []).append(p.plan.shape)
-    for c, shapes in by_budget.items():
-        assert len(shapes) == 3
-        assert all(s.n_embd % 64 == 0 and s.head_dim == 64 and s.n_embd == 64 * s.n_layer for s in shapes)
-        ns = sorted(param_counts(s)[1] for s in shapes)
-        target = math.sqrt(c / 120)
-        assert ns[0] <= target * 3 and ns[-1] >= target / 3  # the window brackets Chinchilla's N
+            by_budget.setdefault(p.plan.budget, []).append(p.plan)
+    for c, plans in by_budget.items():
+        assert len(plans) == 3
+        assert all(p.shape.n_embd % 64 == 0 and p.shape.head_dim == 64 and p.shape.n_embd == 64 * p.shape.n_layer
+                   for p in plans)
+        # every family member the budget can train, its tokens counted by hand: the window is centred on
+        # the one nearest 20 tokens per parameter
+        ratio = {}
+        for layers in range(1, 40):
+            d = 64 * layers
+            n = layers * (12 * d * d + 2 * d) + d
+            steps = round(c / ((6 * n + 6 * VOCAB * d + 6 * layers * 32 * d) * 8 * 32))
+            if steps >= 10 and steps * 8 * 32 >= n / 10:
+                ratio[layers] = steps * 8 * 32 / n
+        best = min(ratio, key=lambda layers: abs(math.log(ratio[layers] / 20)))
+        layers = sorted(p.shape.n_layer for p in plans)
+        assert best in layers and (layers[1] == best or best in (min(ratio), max(ratio)))
     assert {p.run_id.rsplit("-", 1)[1] for p in exp.sweep_points} >= {"d64", "d128"}
+
+
+def test_a_window_of_listed_sizes_follows_a_given_law():
+    widths = [8, 16, 24, 32, 48, 64, 96]
+    sizes = [{"n_layer": 1, "n_embd": w, "n_head": 1} for w in widths]
+    n_of = {w: 12 * w * w + 3 * w for w in widths}  # 1 layer, no biases: 12d² + 2 LayerNorms + ln_f
+    k, b = 1.9e-5, 0.79  # N* ≈ 3.1k (width 16) at 2.5e10 ... 28k (width 48) at 4e11
+    exp = load(tiny_config(sizes=sizes, window=3, centre={"k": k, "b": b}, budgets=[2.5e10, 1e11, 4e11]))
+    for c in (2.5e10, 1e11, 4e11):
+        chosen = sorted(p.plan.shape.n_embd for p in exp.sweep_points if p.format == "bf16" and p.plan.budget == c)
+        i = widths.index(chosen[0])
+        assert chosen == widths[i:i + 3]  # consecutive
+        nearest = min(widths, key=lambda w: abs(math.log(n_of[w] / (k * c**b))))
+        assert chosen[1] == nearest or nearest in (widths[0], widths[-1])
+    assert len({p.plan.shape.n_embd for p in exp.sweep_points}) > 3  # the window moves with C
+    with pytest.raises(ExperimentError, match="scaling.window: 9 is more than the 7 shapes"):
+        load(tiny_config(sizes=sizes, window=9))
+    with pytest.raises(ExperimentError, match="scaling.centre"):
+        load(tiny_config(sizes=sizes, window=3, centre={"k": 1.0, "b": 1.5}))
 
 
 def test_too_few_budgets_is_the_fitters_error_before_any_work():

@@ -8,12 +8,19 @@ for ``steps = round(C / (flops_per_token(shape) · tokens_per_step))`` optimizer
 its planned ``D = C / flops_per_token(shape)`` tokens up to half a step (the cosine schedule
 ends at that step; there are no epochs). The fits themselves are
 :mod:`altgrad.analysis.scaling_study`'s.
+
+The sizes of each budget are centred on ``scaling.centre``'s N*(C): Chinchilla's D = 20·N
+with C counted as the runs count it (the N whose run trains 20 tokens per parameter; not
+``sqrt(C/120)``, which assumes 6·N FLOPs per token while the lm_head and attention are most of
+a small model's), or a law ``{k, b}``: N*(C) = k·C^b, e.g. the study's own fit from an
+earlier sweep. A sweep brackets its optima when every budget's isoFLOP vertex is interior;
+the report says where it is not (widen ``sizes``/``window`` there, or re-centre).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +28,10 @@ from altgrad.errors import AltgradError
 from altgrad.experiment.planning import CHINCHILLA_TOKENS_PER_PARAM, shape_family
 from altgrad.experiment.pricing import eng
 from altgrad.experiment.runs import SEED_DATA_OFFSET
-from altgrad.scaling_laws import ScalingInputError, positive_finite, require_distinct
-from altgrad.training.flops import ModelShape, flops_per_token, param_counts
+from altgrad.scaling_laws import ScalingInputError, positive_finite, require_distinct, size_at_tokens_per_param
+from altgrad.training.flops import ModelShape, flops_per_token, flops_per_token_by_size, param_counts
 
-__all__ = ["RUN_PREFIX", "SweepPoint", "SweepShape", "budget_tag", "plan_sweep", "point_run_id",
+__all__ = ["RUN_PREFIX", "SweepPoint", "SweepShape", "budget_tag", "plan_sweep", "point_run_id", "sweep_centre",
            "sweep_train_overrides"]
 
 RUN_PREFIX = "scale"
@@ -102,6 +109,32 @@ def _describe(shape: ModelShape) -> str:
     return f"n_layer={shape.n_layer} n_embd={shape.n_embd} n_head={shape.n_head} (N={param_counts(shape)[1]:,})"
 
 
+def sweep_centre(sc: Mapping[str, Any], shapes: list[ModelShape]) -> tuple[Callable[[float], float], str]:
+    """``scaling.centre`` -> (C -> the N the sizes of budget C are centred on, its description).
+
+    ``"chinchilla"``: the N whose run trains 20 tokens per parameter at C, with the FLOPs per
+    token of ``shapes`` (:func:`altgrad.training.flops.flops_per_token_by_size`); a mapping
+    ``{k, b}``: ``N*(C) = k·C^b``."""
+    centre = sc.get("centre") or "chinchilla"
+    if centre == "chinchilla":
+        fpt_of_n = flops_per_token_by_size(shapes)
+        return (lambda c: size_at_tokens_per_param(c, CHINCHILLA_TOKENS_PER_PARAM, fpt_of_n),
+                "Chinchilla's N (20 tokens per parameter at C, FLOPs per token counted)")
+    k, b = float(centre["k"]), float(centre["b"])
+    return (lambda c: k * c**b), f"N*(C) = {k:.4g}·C^{b:.4g}"
+
+
+def _window(c: float, feasible: list[tuple[ModelShape, int]], k: int, centre: Callable[[float], float]
+            ) -> list[tuple[ModelShape, int]]:
+    """k consecutive (by N) of the ``feasible`` shapes, centred on ``centre(c)`` in log N."""
+    feasible = sorted(feasible, key=lambda t: param_counts(t[0])[1])
+    target = centre(c)
+    errs = [abs(math.log(param_counts(s)[1] / target)) for s, _ in feasible]
+    mid = errs.index(min(errs))
+    start = min(max(mid - (k - 1) // 2, 0), len(feasible) - k)
+    return feasible[start:start + k]
+
+
 def plan_sweep(
     sc: Mapping[str, Any], *, block_size: int, vocab_size: int, tokens_per_step: int, bias: bool = False
 ) -> tuple[list[SweepShape], list[str]]:
@@ -111,12 +144,14 @@ def plan_sweep(
 
     * an integer k (≥ 3): for each budget, k consecutive members of
       :func:`altgrad.experiment.planning.shape_family` (width = ``aspect``·depth rounded to a
-      multiple of 64, head dim ``head_dim``: tensor-core friendly) centred on the Chinchilla
-      size ``N = sqrt(C / 120)``, among the members the budget can train (≥ ``min_steps``
-      steps and ≥ N/10 tokens); or
+      multiple of 64, head dim ``head_dim``: tensor-core friendly) centred on ``centre``'s N
+      (:func:`sweep_centre`), among the members the budget can train (≥ ``min_steps`` steps
+      and ≥ N/10 tokens); or
     * an explicit list of shapes ``{n_layer, n_embd, n_head}`` (``n_head`` default
-      ``max(1, n_embd // head_dim)``) used at every budget. Any width is allowed — the tiny CPU
-      test uses width 32 — but for GPU runs keep widths and head dims multiples of 64.
+      ``max(1, n_embd // head_dim)``): all of them at every budget, or with ``window: k``
+      the k consecutive ones (by N) centred on ``centre``'s N among those the budget can
+      train. Any width is allowed — the CPU default uses widths 16 to 96 — but for GPU runs
+      keep widths and head dims multiples of 64.
 
     Fewer than 3 distinct budgets, or fewer than 3 distinct sizes per budget, is the scaling
     fitter's own error (:class:`altgrad.scaling_laws.ScalingInputError` text).
@@ -139,18 +174,26 @@ def plan_sweep(
     head_dim = int(sc["head_dim"])
     fam = {"block_size": block_size, "vocab_size": vocab_size, "aspect": int(sc["aspect"]), "head_dim": head_dim,
            "bias": bias}
+    centre_block = sc.get("centre") or "chinchilla"
+    if centre_block != "chinchilla":
+        try:
+            k_c, b_c = float(centre_block["k"]), float(centre_block["b"])
+            if not (k_c > 0 and 0 < b_c < 1):
+                raise ValueError(f"k must be > 0 and b in (0, 1), got k={k_c:g}, b={b_c:g}")
+        except (KeyError, TypeError, ValueError) as e:
+            return [], [f"scaling.centre: {e} (a law N*(C) = k·C^b, e.g. the n_k and n_b of fits.parquet)"]
 
     per_budget: list[tuple[float, list[tuple[ModelShape, int]]]] = []
     sizes = sc["sizes"]
     if isinstance(sizes, int) and not isinstance(sizes, bool):
         try:
-            shape_family(1, **fam)
+            members = [shape_family(n, **fam) for n in range(1, 129)]
         except AltgradError as e:
             return [], [f"scaling.head_dim: {e}"]
+        centre, _ = sweep_centre(sc, members)
         for c in budgets:
             feasible = []
-            for n in range(1, 129):
-                s = shape_family(n, **fam)
+            for s in members:
                 steps, why = _feasibility(s, c, tokens_per_step, min_steps)
                 if why:  # larger members have more FLOPs per token and a larger N/10: only worse
                     break
@@ -163,11 +206,7 @@ def plan_sweep(
                     "raise the budget, lower scaling.aspect, or give scaling.sizes as a list of shapes"
                 )
                 continue
-            target = math.sqrt(c / (6.0 * CHINCHILLA_TOKENS_PER_PARAM))
-            errs = [abs(math.log(param_counts(s)[1] / target)) for s, _ in feasible]
-            centre = errs.index(min(errs))
-            start = min(max(centre - (sizes - 1) // 2, 0), len(feasible) - sizes)
-            per_budget.append((c, feasible[start:start + sizes]))
+            per_budget.append((c, _window(c, feasible, sizes, centre)))
     else:
         shapes: list[ModelShape] = []
         for i, spec in enumerate(sizes):
@@ -185,17 +224,32 @@ def plan_sweep(
                            "model sizes on the isoFLOP curve")
         except ScalingInputError as e:
             return [], [f"scaling.sizes: {e}"]
+        window = sc.get("window")
+        if window is not None and int(window) > len(shapes):
+            return [], [f"scaling.window: {window} is more than the {len(shapes)} shapes of scaling.sizes"]
+        centre, _ = sweep_centre(sc, shapes)
         for c in budgets:
-            chosen = []
+            chosen, refused = [], []
             for s in shapes:
                 steps, why = _feasibility(s, c, tokens_per_step, min_steps)
                 if why:
-                    problems.append(
+                    refused.append(
                         f"scaling: C={c:g} is too small for {_describe(s)}: {why} at "
                         f"{eng(flops_per_token(s))} FLOPs/token and {tokens_per_step} tokens/step; "
                         "raise the budget or drop the shape"
                     )
-                chosen.append((s, steps))
+                else:
+                    chosen.append((s, steps))
+            if window is None:
+                problems += refused
+            elif len(chosen) < int(window):
+                problems.append(
+                    f"scaling: C={c:g} can train only {len(chosen)} of the shapes of scaling.sizes (each needs >= "
+                    f"{min_steps} steps of {tokens_per_step} tokens and >= N/10 tokens), scaling.window asks for "
+                    f"{window}; raise the budget or add smaller shapes"
+                )
+            else:
+                chosen = _window(c, chosen, int(window), centre)
             per_budget.append((c, chosen))
     if problems:
         return [], problems
