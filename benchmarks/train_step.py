@@ -1,4 +1,4 @@
-"""Training step time on CPU: the BF16 baseline (operands rounded to bfloat16) vs FP8 recipes, and the FP32 shadow's cost.
+"""Training step time on CPU: the BF16 baseline (operands rounded to bfloat16) vs every registry format, and the FP32 shadow's cost.
 
 Each recipe quantizes weights, activations and gradients (delayed scaling, telemetry on,
 shadow off); medians over N steps after warm-up, as ratios to the BF16 step measured in
@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from steady_memory import keep_freed_memory
 
+from altgrad.quantization import FORMAT_NAMES
 from altgrad.training.config import RunConfig
 from altgrad.training.data import prepare
 from altgrad.training.tracking import Tracker
@@ -27,7 +28,7 @@ MODELS = {
     "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64},
     "reference": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256},
 }
-RECIPES = ("bf16", "e5m2", "e4m3", "e3m4", "e0m7", "e7m0")
+RECIPES = FORMAT_NAMES  # every registry format, bf16 (the baseline) first
 
 
 def median_step_s(cfg: RunConfig, out: Path, steps: int) -> float:
