@@ -276,7 +276,7 @@ def test_budget_is_the_budget_modules_computation():
     assert job.tokens == 640 and math.isclose(job.flops, ref.flops) and math.isclose(job.usd, ref.usd)
     assert "TOTAL (2 jobs)" in exp.budget_report() and exp.check_budget() == pytest.approx(budget_totals(jobs).usd)
     tight = load(small(budget={"usd": 1e-9, "device": "h100", "price_usd_per_hour": 2.69}))
-    with pytest.raises(BudgetExceeded, match=r"exceeds the budget \$0\.00 by .*run\.train\.max_steps"):
+    with pytest.raises(BudgetExceeded, match=r"exceeds the budget \$0\.0000000010 by \$0\.0000.*run\.train\.max_steps"):
         tight.check_budget()
 
 

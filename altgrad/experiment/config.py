@@ -5,7 +5,14 @@ The schema (``config.schema.yaml`` beside this module, package data; the workflo
 experiment-level defaults: :func:`with_defaults` fills them in from its ``default`` keys. The
 ``run`` section is a RunConfig, whose defaults are its dataclasses' (altgrad.training.config).
 Two defaults are derived from other keys and filled here, as the schema's descriptions say:
-``corpus.name`` (the source's name) and ``ab.seeds`` (the grid's seeds).
+``corpus.name`` (the source's name) and ``ab.seeds`` (the grid's seeds). A block written as
+null (``scaling: null``, or ``budget:`` with every key commented out) is the same as an
+absent one: its defaults, or nothing where it has none.
+
+Config files are read as YAML 1.2 (``3e-4`` is a number) and a quoted scalar stays a string
+(``tag: '300'``, ``name: '2024'``): :func:`read_config_files` marks the strings it read, and
+:func:`normalize_scalars`, which turns strings from typeless sources into numbers (Snakemake's
+``--config``, YAML 1.1 readers), leaves those alone.
 """
 
 from __future__ import annotations
@@ -23,12 +30,15 @@ from altgrad.training.config import ConfigError, Yaml12Loader, did_you_mean
 
 __all__ = [
     "SCHEMA_PATH",
+    "ConfigString",
     "ExperimentError",
     "default",
     "merge",
     "normalize_scalars",
     "overrides_tree",
+    "read_config_file",
     "read_config_files",
+    "yaml_problem",
     "schema",
     "schema_problems",
     "with_defaults",
@@ -59,22 +69,66 @@ def default(*keys: str) -> Any:
 # --------------------------------------------------------------------------- reading
 
 
+class ConfigString(str):
+    """A string read from a config file: a final value, which :func:`normalize_scalars`
+    does not turn into a number (``tag: '300'`` stays the string ``"300"``)."""
+
+
+class _ConfigLoader(Yaml12Loader):
+    """Yaml12Loader whose strings are :class:`ConfigString`."""
+
+    def construct_yaml_str(self, node):  # type: ignore[override]
+        return ConfigString(super().construct_yaml_str(node))
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:str", _ConfigLoader.construct_yaml_str)
+yaml.SafeDumper.add_representer(ConfigString, yaml.SafeDumper.represent_str)  # it dumps as the string it is
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """One line: where (line, column) and what of a YAML error (the file is named by the caller)."""
+    problem, pmark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    context, cmark = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if pmark is None:
+        return " ".join(str(error).split())
+
+    def at(mark) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    text = f"at {at(pmark)}: {problem}"
+    if context:
+        text += f" ({context}" + (f" that starts at {at(cmark)})" if cmark is not None and cmark.line != pmark.line
+                                  else ")")
+    return text
+
+
+def read_config_file(path: str | Path) -> dict[str, Any] | None:
+    """One experiment config file (None when it is empty), its strings marked as read.
+    Raises :class:`ExperimentError` naming the file (and the line of a YAML error)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ExperimentError([f"cannot read the file: {getattr(e, 'strerror', None) or e}"], str(path)) from None
+    try:
+        data = yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        where = yaml_problem(e)
+        fix = "indent with spaces, not tabs" if "'\\t'" in where else "fix the file there"
+        raise ExperimentError([f"not valid YAML {where}; {fix}"], str(path)) from None
+    if data is not None and not isinstance(data, dict):
+        raise ExperimentError([f"expected a mapping (key: value lines) at the top level, got {type(data).__name__}"],
+                              str(path))
+    return data
+
+
 def read_config_files(paths: Sequence[str | Path]) -> dict[str, Any]:
     """Read and deep-merge experiment config files (later files win; lists are replaced)."""
     merged: dict[str, Any] = {}
     for path in paths:
-        path = Path(path)
-        try:
-            data = yaml.load(path.read_text(), Loader=Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
-        except OSError as e:
-            raise ExperimentError([f"cannot read the file: {e.strerror or e}"], str(path)) from None
-        except yaml.YAMLError as e:
-            raise ExperimentError([f"not valid YAML: {e}"], str(path)) from None
-        if data is None:
-            continue
-        if not isinstance(data, dict):
-            raise ExperimentError(["expected a mapping at the top level"], str(path))
-        merge(data, into=merged)
+        data = read_config_file(path)
+        if data is not None:
+            merge(data, into=merged)
     return merged
 
 
@@ -110,10 +164,14 @@ _WORDS = {"true": True, "false": False, "null": None, "~": None}
 def normalize_scalars(x: Any) -> Any:
     """Scalars written as strings -> numbers/booleans/null (the YAML 1.2 core schema).
 
-    Snakemake reads config files as YAML 1.1, which leaves ``3e-4`` a string, and reads
-    nested ``--config`` values with no types at all (``--config budget="{usd: 5}"`` gives
-    the string ``"5"``); ``altgrad train`` reads YAML 1.2. This makes all of them agree.
+    For sources without types: Snakemake reads nested ``--config`` values with no types at
+    all (``--config budget="{usd: 5}"`` gives the string ``"5"``) and YAML 1.1 readers leave
+    ``3e-4`` a string; ``altgrad train`` reads YAML 1.2. This makes all of them agree. A
+    :class:`ConfigString` (read from a config file by :func:`read_config_files`, quoted or
+    not) is final: it stays a (plain) string.
     """
+    if isinstance(x, ConfigString):
+        return str(x)
     if isinstance(x, str):
         if x in _WORDS:
             return _WORDS[x]
@@ -121,7 +179,7 @@ def normalize_scalars(x: Any) -> Any:
             return int(x.replace("_", "")) if re.fullmatch(r"[-+]?[0-9_]+", x) else float(x.replace("_", ""))
         return x
     if isinstance(x, Mapping):
-        return {k: normalize_scalars(v) for k, v in x.items()}
+        return {(str(k) if isinstance(k, ConfigString) else k): normalize_scalars(v) for k, v in x.items()}
     if isinstance(x, list):
         return [normalize_scalars(v) for v in x]
     return x
@@ -131,11 +189,13 @@ def normalize_scalars(x: Any) -> Any:
 
 
 def schema_problems(config: Mapping[str, Any]) -> list[str]:
-    """Every way ``config`` breaks the schema, one line each (``where: what``)."""
+    """Every way ``config`` breaks the schema, one line each (``where: what``). A null block
+    that :func:`with_defaults` fills in is not a problem."""
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(schema())
     out = []
+    config = _without_null_blocks(config)
     for err in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
         where = _dotted(err.absolute_path)
         if err.validator == "additionalProperties":
@@ -144,7 +204,13 @@ def schema_problems(config: Mapping[str, Any]) -> list[str]:
                 hint = did_you_mean(key, known) or f"; valid keys: {', '.join(known)}"
                 out.append(f"{_join(where, key)}: unknown key{hint}")
             continue
-        out.append(f"{where or '<top level>'}: {err.message}")
+        hint = ""
+        expected = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+        if err.validator == "type" and "string" in expected and isinstance(err.instance, (bool, int, float)):
+            text = str(err.instance).lower() if isinstance(err.instance, bool) else str(err.instance)
+            kind = {bool: "a boolean", int: "an integer", float: "a number"}[type(err.instance)]
+            hint = f" (YAML reads {text} unquoted as {kind}: write '{text}' for the string)"
+        out.append(f"{where or '<top level>'}: {err.message}{hint}")
     return out
 
 
@@ -164,10 +230,12 @@ def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
     derived ones (``corpus.name``, ``ab.seeds``).
 
     A key the schema gives a ``default`` is filled when it is missing, or null where the
-    default is a mapping or a list (``recipes: null`` means no recipes). Values of the wrong
-    type are left as they are: :func:`schema_problems` reports them.
+    default is a mapping or a list (``recipes: null`` means no recipes, ``budget: null`` the
+    default budget); a null section of ``run`` (``run: {model: null}``) is dropped, so the
+    RunConfig's defaults apply. Values of the wrong type are left as they are:
+    :func:`schema_problems` reports them.
     """
-    c = copy.deepcopy(dict(config))
+    c = copy.deepcopy(_without_null_blocks(config))
     root = schema()
     _fill(c, root, root)
     corpus = c["corpus"]
@@ -176,6 +244,35 @@ def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(c.get("ab"), dict) and "seeds" not in c["ab"] and isinstance(c["grid"], dict):
         c["ab"]["seeds"] = copy.deepcopy(c["grid"].get("seeds"))
     return c
+
+
+RUN_SECTIONS = ("data", "model", "train", "precision", "optimizer", "tracking")
+
+
+def _without_null_blocks(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` (a shallow copy where changed) without the nulls that mean "absent": a key
+    whose schema default is a mapping or a list, at any depth, and a section of ``run``."""
+    root = schema()
+    out = _drop_nulls(dict(config), root, root)
+    if isinstance(out.get("run"), Mapping):
+        out["run"] = {k: v for k, v in out["run"].items() if not (k in RUN_SECTIONS and v is None)}
+    return out
+
+
+def _drop_nulls(value: Any, node: Mapping[str, Any], root: Mapping[str, Any]) -> Any:
+    if not isinstance(value, Mapping):
+        return value
+    out = dict(value)
+    for part in _resolve(node, root):
+        for key, sub in part.get("properties", {}).items():
+            if key not in out:
+                continue
+            subs = _resolve(sub, root)
+            if out[key] is None and any(isinstance(p.get("default"), (dict, list)) for p in subs):
+                del out[key]
+            else:
+                out[key] = _drop_nulls(out[key], sub, root)
+    return out
 
 
 def _resolve(node: Mapping[str, Any], root: Mapping[str, Any]) -> list[Mapping[str, Any]]:

@@ -223,9 +223,16 @@ def eng(x: float, digits: int = 3) -> str:
     return f"{sign}{mant:.{decimals}f}e{exp3}"
 
 
+def _cent_decimals(x: float) -> int:
+    """Decimals that show ``x`` in dollars: cents, or 2 significant digits below one cent."""
+    if x == 0 or not math.isfinite(x) or abs(x) >= 0.01:
+        return 2
+    return min(1 - math.floor(math.log10(abs(x))), 15)
+
+
 def dollars(x: float) -> str:
     """Dollars with cents, or 2 significant digits below one cent (``$0.0000015``)."""
-    return f"${x:.2f}" if x == 0 or abs(x) >= 0.01 else f"${x:.2g}"
+    return f"${x:.{_cent_decimals(x)}f}"
 
 
 def si(x: float) -> str:
@@ -299,7 +306,8 @@ def budget_table(jobs: Iterable[JobCost], budget_usd: float | None = None) -> st
     lines = [fmt(head), rule, *(fmt(r) for r in rows), rule, fmt(total)]
     if budget_usd is not None:
         left = budget_usd - t.usd
-        lines.append(f"budget {budget_usd:.2f} USD, {'left' if left >= 0 else 'OVER BY'} {abs(left):.2f} USD")
+        lines.append(f"budget {dollars(budget_usd)[1:]} USD, {'left' if left >= 0 else 'OVER BY'} "
+                     f"{dollars(abs(left))[1:]} USD")
     return "\n".join(lines)
 
 
@@ -317,17 +325,23 @@ def check_budget(jobs: Iterable[JobCost], budget_usd: float) -> float:
     if total <= budget_usd:
         return total
     over = total - budget_usd
+    # as many decimals as it takes to show the two amounts (and that they differ): never
+    # "$0.00 exceeds the budget $0.00 by $0.00"
+    d = max(_cent_decimals(total), _cent_decimals(budget_usd))
+    while round(total, d) == round(budget_usd, d) and d < 15:
+        d += 1
     biggest = sorted(jobs, key=lambda j: j.usd, reverse=True)[:3]
-    big = ", ".join(f"{j.name} ${j.usd:.2f} ({100 * j.usd / total:.0f}%)" for j in biggest)
+    big = ", ".join(f"{j.name} {dollars(j.usd)} ({100 * j.usd / total:.0f}%)" for j in biggest)
     pct = f" ({100 * over / budget_usd:.0f}% over)" if budget_usd > 0 else ""
     msg = (
-        f"planned cost ${total:.2f} for {len(jobs)} jobs exceeds the budget ${budget_usd:.2f} "
-        f"by ${over:.2f}{pct}"
+        f"planned cost ${total:.{d}f} for {len(jobs)} jobs exceeds the budget ${budget_usd:.{d}f} "
+        f"by {dollars(over)}{pct}"
     )
+    raise_to = math.ceil(total * 10**d) / 10**d
     msg += (
         f". Biggest jobs: {big}. To reduce cost: run fewer seeds/formats/optimizers in the grid, "
         "fewer steps/tokens per run, a smaller model, or a cheaper device/higher MFU; "
-        f"or raise budget.usd to at least {math.ceil(total * 100) / 100:.2f}."
+        f"or raise budget.usd to at least {raise_to:.{d}f}."
     )
     raise BudgetExceeded(msg, total_usd=total, budget_usd=budget_usd)
 
