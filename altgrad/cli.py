@@ -12,6 +12,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from altgrad import __version__
 from altgrad.errors import AltgradError
@@ -74,6 +75,11 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--workers", type=int, default=None, help="tokenizer threads (default: all cores)"
     )
+    p.add_argument(
+        "--block-size", type=int, default=None,
+        help="the largest context length the corpus must serve: a split shorter than BLOCK_SIZE + 1 tokens "
+             "is an error and nothing is written (the pipeline passes its runs' largest)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_run_prepare)
 
@@ -97,6 +103,7 @@ def _run_prepare(args: argparse.Namespace) -> None:
         compact_vocab=args.compact_vocab,
         workers=args.workers,
         progress=False if args.quiet else None,
+        block_size=args.block_size,
     )
     if not args.quiet:
         d, t = meta["documents"], meta["tokens"]
@@ -132,31 +139,44 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; set it to the cores the job owns, "
                         "or parallel jobs spin against each other)")
+    p.add_argument("--stop-with", type=int, default=None, metavar="PID",
+                   help="save a checkpoint and stop when process PID is gone (the pipeline passes Snakemake's pid, "
+                        "so a train job does not run on after Snakemake is killed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> None:
     import json
-    from pathlib import Path
 
     import torch
 
     from altgrad.files import atomic_open
     from altgrad.training.config import RunConfig
+    from altgrad.training.run_lock import ProcessWatch, RunDirLock
     from altgrad.training.trainer import train
 
-    config = args.config
-    if args.config_lines:
-        config = Path(args.out) / "config.yaml"
-        with atomic_open(config, "w") as f:
-            f.write("".join(f"{line}\n" for line in args.config_lines))
-    if args.labels is not None:
-        with atomic_open(Path(args.out) / "run.json", "w") as f:
-            f.write(json.dumps(json.loads(args.labels), sort_keys=True) + "\n")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    summary = train(RunConfig.from_yaml(config), args.out, run_id=args.run_id, progress=not args.quiet)
+    if args.stop_with is not None and not ProcessWatch(args.stop_with).alive():
+        raise AltgradError(f"--stop-with {args.stop_with}: no such process")
+    try:
+        labels = None if args.labels is None else json.loads(args.labels)
+    except ValueError as e:
+        raise AltgradError(f"--labels is not valid JSON ({e})") from None
+    # One writer per run directory: the lock comes before the config and labels are written,
+    # so a second trainer cannot change them under a running one.
+    with RunDirLock(args.out):
+        config = args.config
+        if args.config_lines:
+            config = Path(args.out) / "config.yaml"
+            with atomic_open(config, "w") as f:
+                f.write("".join(f"{line}\n" for line in args.config_lines))
+        if labels is not None:
+            with atomic_open(Path(args.out) / "run.json", "w") as f:
+                f.write(json.dumps(labels, sort_keys=True) + "\n")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        summary = train(RunConfig.from_yaml(config), args.out, run_id=args.run_id, progress=not args.quiet,
+                        stop_with=args.stop_with)
     detail = f"diverged at step {summary['diverged_at']}" if summary["status"] == "diverged" else "completed"
     print(f"{summary['run_id']}: {detail}, {summary['steps']} steps, best val loss {summary['best_val_loss']}")
 
@@ -165,6 +185,47 @@ def _run_train(args: argparse.Namespace) -> None:
 # export, report, plan (experiment-level: what the pipeline's export/report rules and
 # the budget table use)
 # ---------------------------------------------------------------------------------------
+def _unreadable(path: Path) -> str | None:
+    """Why ``path`` (a .parquet or .json output) cannot be read, or None when it can."""
+    if not path.is_file():
+        return "is missing"
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            pq.read_table(path, page_checksum_verification=True)  # the trainer writes a CRC per page
+        else:
+            import json
+
+            if not isinstance(json.loads(path.read_text(encoding="utf-8")), dict):
+                return "is corrupt (not a JSON object)"
+    except Exception as e:  # noqa: BLE001 - pyarrow and json raise several types for a damaged file
+        return f"is corrupt ({type(e).__name__}: {e})"
+    return None
+
+
+def _check_run_dirs(dirs: Sequence[str], files: Sequence[str]) -> None:
+    """Every run's outputs readable, checked before anything is written: a damaged one is
+    named with its run and the command that re-creates it (the run's train job, which
+    resumes from its last checkpoint). ``run.json`` is optional (runs made without the
+    pipeline have none) but must be readable when present."""
+    for d in map(Path, dirs):
+        for name in files:
+            path = d / name
+            if name == "run.json" and not path.exists():
+                continue
+            why = _unreadable(path)
+            if why is None:
+                continue
+            if why == "is missing":
+                why = "is missing: the run has not finished"
+            raise AltgradError(
+                f"run {d.name}: {path} {why}; re-create it by rerunning the run's train job, which resumes from "
+                f"its last checkpoint: `snakemake --forcerun {d / 'summary.json'}` (without Snakemake: "
+                f"`altgrad train --config {d / 'config.yaml'} --out {d}`)"
+            )
+
+
 def _load_experiment(paths: Sequence[str], data_root: str):
     from altgrad.experiment import load_experiment, read_config_files
 
@@ -191,6 +252,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _run_export(args: argparse.Namespace) -> None:
     from altgrad.analysis.export import export_runs
 
+    _check_run_dirs(args.runs, ("steps.parquet", "summary.json", "run.json"))  # before anything is written
     metrics, summary = export_runs(args.runs, args.metrics, args.summary, args.csv)
     n_div = int((summary["status"] == "diverged").sum())
     print(f"exported {len(summary)} runs ({n_div} diverged), {len(metrics)} metric rows "
@@ -228,6 +290,15 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _run_report(args: argparse.Namespace) -> None:
     from altgrad.analysis.report import build_report
 
+    for table in (args.summary, args.metrics):  # before anything is written
+        why = _unreadable(Path(table))
+        if why is not None:
+            raise AltgradError(f"{table} {why}; re-create it with `snakemake --forcerun export` (without Snakemake: "
+                               f"`altgrad export --metrics {args.metrics} --summary {args.summary} RUN_DIR ...`)")
+    if args.corpus is not None and Path(args.corpus).name == "meta.json":
+        from altgrad.training.data import load_meta
+
+        load_meta(Path(args.corpus).parent)  # a damaged meta.json: its file and the command that re-creates it
     out = build_report(args.summary, args.metrics, args.out, run_configs=args.run_configs, corpus_meta=args.corpus,
                        device=args.device, mfu=args.mfu, price=args.price, peak_flops=args.peak_flops,
                        budget_usd=args.budget_usd, command=args.command or " ".join(sys.argv),
@@ -330,6 +401,7 @@ def _add_scaling(sub: argparse._SubParsersAction) -> None:
 def _run_scaling(args: argparse.Namespace) -> None:
     from altgrad.analysis.report import build_scaling_report
 
+    _check_run_dirs(args.runs, ("summary.json", "run.json"))  # before anything is written
     paths = build_scaling_report(args.runs, args.out, n_boot=args.n_boot, seed=args.seed,
                                  command=args.command or " ".join(sys.argv))
     print("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -1,6 +1,7 @@
 """One writer per run directory: a second holder is refused at once, naming the first's pid;
 a killed holder leaves no stale lock."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -37,4 +38,16 @@ def test_a_second_writer_is_refused_with_the_holders_pid_until_the_holder_dies(t
     with RunDirLock(run_dir) as lock:  # the kernel dropped the dead holder's lock
         assert lock.path.read_text().strip() != str(holder.pid)
     with RunDirLock(run_dir):  # and released ours on exit
+        pass
+
+
+def test_the_lock_nests_within_one_process(tmp_path):
+    """`altgrad train` takes it before writing the config, the trainer again for the run."""
+    run_dir = tmp_path / "run"
+    with RunDirLock(run_dir) as outer:
+        with RunDirLock(run_dir) as inner:
+            assert inner.fd == outer.fd
+        holder = subprocess.run([sys.executable, "-c", HOLD, str(run_dir)], capture_output=True, text=True, timeout=60)
+        assert holder.returncode != 0 and f"pid {os.getpid()}" in holder.stderr  # still held after the inner exit
+    with RunDirLock(run_dir):  # released by the outer exit
         pass

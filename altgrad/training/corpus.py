@@ -151,6 +151,22 @@ def source_files(cfg: str | Mapping[str, Any] | None) -> list[Path]:
     return expand_paths(cfg["paths"]) if cfg["name"] == "local" else []
 
 
+def max_tokens(cfg: str | Mapping[str, Any] | None) -> int | None:
+    """An upper bound on the GPT-2 tokens a source can give, from file sizes alone, or None
+    where there is none this cheap (pinned and hub sources, ``.parquet``, which compresses).
+
+    Each token covers at least one UTF-8 byte and each document adds one end-of-text token:
+    a ``.txt`` file gives at most its size + 1 tokens, a ``.jsonl`` file at most its size
+    (every row spends more bytes on ``{"field": ""}`` than the one end-of-text). A corpus
+    under ``2 * (block_size + 1)`` tokens cannot fill both splits: that is known before
+    tokenizing.
+    """
+    files = source_files(cfg)
+    if not files or any(f.suffix.lower() not in (".txt", ".jsonl") for f in files):
+        return None
+    return sum(f.stat().st_size + (f.suffix.lower() == ".txt") for f in files)
+
+
 def has_printable_text(text: str) -> bool:
     """Whether ``text`` holds a character that is neither whitespace nor a control (or
     other non-printable) character: what is left after stripping those is not empty."""
@@ -462,6 +478,7 @@ __all__ = [
     "iter_hub",
     "iter_local",
     "iter_records",
+    "max_tokens",
     "normalize_source",
     "read_eurlex_db",
     "source_files",

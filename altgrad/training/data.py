@@ -362,9 +362,12 @@ def load_meta(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
-def _check_bin(data_dir: Path, meta: Mapping[str, Any], split: str, sha256: bool) -> Path:
-    """``data_dir/{split}.bin`` after checking its size (and ``sha256``) against ``meta``."""
-    path = data_dir / f"{split}.bin"
+def _check_bin(
+    data_dir: Path, meta: Mapping[str, Any], split: str, sha256: bool, path: str | os.PathLike[str] | None = None
+) -> Path:
+    """``path`` (default ``data_dir/{split}.bin``) after checking its size (and ``sha256``)
+    against what ``meta`` records for ``split``."""
+    path = data_dir / f"{split}.bin" if path is None else Path(path)
     if not path.is_file():
         raise PreparedDataError(f"token file {path} not found; {_reprepare_hint(data_dir, meta)}")
     n, width = meta["tokens"][split], np.dtype(meta["dtype"]).itemsize
@@ -385,18 +388,22 @@ def _check_bin(data_dir: Path, meta: Mapping[str, Any], split: str, sha256: bool
     return path
 
 
-def verify_prepared(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def verify_prepared(
+    data_dir: str | os.PathLike[str], files: Mapping[str, str | os.PathLike[str]] | None = None
+) -> dict[str, Any]:
     """The meta dict of the prepared corpus in ``data_dir``, after checking everything
     against it: ``meta.json`` is valid, each ``.bin`` has the recorded size and sha256.
 
-    Call it once per job before any work: hashing reads each file once (measured: < 1 ms
-    for the default corpus, 0.2 s for 200M tokens at sha256's ~1.8 GB/s). Raises :class:`PreparedDataError` naming the
-    file and the command that re-creates the corpus.
+    ``files``: split -> token file, where a run config names them (default:
+    ``data_dir/{split}.bin``). Call it once per job before any work: hashing reads each file
+    once (measured: < 1 ms for the default corpus, 0.2 s for 200M tokens at sha256's ~1.8
+    GB/s). Raises :class:`PreparedDataError` naming the file and the command that re-creates
+    the corpus.
     """
     data_dir = Path(data_dir)
     meta = load_meta(data_dir)
     for s in SPLITS:
-        _check_bin(data_dir, meta, s, sha256=True)
+        _check_bin(data_dir, meta, s, sha256=True, path=(files or {}).get(s))
     return meta
 
 

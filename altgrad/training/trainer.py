@@ -17,6 +17,13 @@ when it was saved under the run's config, the same library code and the same cor
 (altgrad.training.provenance.run_provenance). Otherwise the whole checkpoints directory is
 moved aside to ``checkpoints.stale-N`` (never deleted: it took compute to make) and the run
 starts from step 0.
+
+Before any work the trainer checks the prepared corpus against its meta.json (size and
+sha256 of each token file: altgrad.training.data.verify_prepared), and for as long as it runs
+it holds the run directory's lock (altgrad.training.run_lock): a second trainer on the same
+directory is refused at once, naming this one's pid. With ``stop_with`` (the pipeline passes
+Snakemake's pid) it saves a checkpoint and stops when that process is gone, so a train job
+does not run on, orphaned, after Snakemake is killed.
 """
 
 from __future__ import annotations
@@ -53,10 +60,11 @@ from altgrad.optim import (
 )
 from altgrad.training.checkpoint import CheckpointStore
 from altgrad.training.config import RunConfig
-from altgrad.training.data import BatchSampler, TokenBin, eval_batches, load_meta
+from altgrad.training.data import BatchSampler, TokenBin, eval_batches, verify_prepared
 from altgrad.training.flops import ModelShape, flops_per_token, param_counts
 from altgrad.training.model import GPT
 from altgrad.training.provenance import run_provenance
+from altgrad.training.run_lock import ProcessWatch, RunDirLock
 from altgrad.training.tracking import Tracker
 
 TIMING_COLUMNS = ("tokens_per_s", "step_time_s")  # the only columns that differ on resume
@@ -64,7 +72,9 @@ DEAD_GRAD = 1e-8  # |g| below this counts as zero for the dead-gradient fraction
 
 
 def write_parquet(rows: list[dict], path: Path) -> None:
-    atomic_write(path, lambda tmp: pd.DataFrame(rows).to_parquet(tmp, index=False))
+    """Atomically, with a CRC per page: a file damaged in place is an error when read with
+    ``page_checksum_verification=True`` (resume, export), not silently different numbers."""
+    atomic_write(path, lambda tmp: pd.DataFrame(rows).to_parquet(tmp, index=False, write_page_checksum=True))
 
 
 def write_json(obj: dict, path: Path) -> None:
@@ -134,9 +144,13 @@ class Trainer:
         self.run_id = run_id or self.out.name
         tc = cfg.train
         self.device = pick_device(tc.device)
-        # Data first: bad data is reported before any model is built.
-        meta = load_meta(Path(cfg.data.meta).parent)
-        vocab = cfg.model.vocab_size or int(meta["vocab_size"])
+        # Data first: bad data is reported before any model is built. Size and sha256 of both
+        # token files against meta.json, once per job.
+        meta = verify_prepared(Path(cfg.data.meta).parent, {"train": cfg.data.train_bin, "val": cfg.data.val_bin})
+        vocab = int(meta["vocab_size"])
+        if cfg.model.vocab_size is not None and cfg.model.vocab_size < vocab:
+            raise AltgradError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the corpus vocabulary "
+                               f"({vocab}, {cfg.data.meta}); use null to take it from the data")
         self.train_bin = TokenBin(cfg.data.train_bin, vocab, cfg.model.block_size)
         self.val_bin = TokenBin(cfg.data.val_bin, vocab, cfg.model.block_size)
         self.sampler = BatchSampler(self.train_bin, tc.batch_size, cfg.model.block_size, seed=tc.data_seed, device=self.device)
@@ -214,6 +228,7 @@ class Trainer:
                 "elapsed": self.elapsed, "events": [json.dumps(e) for e in self.events],
                 "tracker_id": self.tracker_id or "",
                 "provenance": self.provenance,
+                "status": self.status, "diverged_at": -1 if self.diverged_at is None else self.diverged_at,
             },
         }
 
@@ -234,6 +249,9 @@ class Trainer:
         self.last_alert, self.elapsed = dict(t["last_alert"]), t["elapsed"]
         self.events = [json.loads(e) for e in t["events"]]
         self.tracker_id = t["tracker_id"] or None
+        # a diverged run's last checkpoint resumes as diverged (older checkpoints have no status)
+        self.status = t.get("status", "running")
+        self.diverged_at = None if t.get("diverged_at", -1) == -1 else int(t["diverged_at"])
 
     def checkpoint(self, best: bool = False) -> None:
         # rows first: the rows file may run ahead of the newest readable checkpoint, never behind
@@ -256,11 +274,19 @@ class Trainer:
             return False
         self.load_state_dict(state)
         partial = self.out / "checkpoints" / "steps.partial.parquet"
-        rows = pd.read_parquet(partial).to_dict("records") if partial.exists() else []
-        self.rows = [r for r in rows if r["step"] < self.step]
+        start_over = (f"to start the run over, move its checkpoints aside (`mv {self.store.directory} "
+                      f"{self.store.directory}.broken`) and rerun")
+        try:
+            rows = pd.read_parquet(partial, page_checksum_verification=True).to_dict("records") if partial.exists() else []
+        except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            raise AltgradError(
+                f"run {self.run_id}: {partial} is unreadable ({type(error).__name__}: {' '.join(str(error).split())}), "
+                f"so its checkpoint at step {self.step} cannot be resumed with the rows before it; {start_over}"
+            ) from None
+        self.rows = [r for r in rows if "step" in r and r["step"] < self.step]
         if len(self.rows) != self.step:
-            raise AltgradError(f"{partial} holds {len(self.rows)} rows for checkpoint step {self.step}; "
-                               f"remove {self.out / 'checkpoints'} to restart the run from scratch")
+            raise AltgradError(f"run {self.run_id}: {partial} holds {len(self.rows)} rows for its checkpoint at "
+                               f"step {self.step}; {start_over}")
         return True
 
     def _move_aside(self) -> Path:
@@ -451,7 +477,13 @@ class Trainer:
         return anomaly
 
     # --- the run --------------------------------------------------------------------------
-    def run(self, progress: bool = True) -> dict:
+    def run(self, progress: bool = True, stop_with: int | None = None) -> dict:
+        """Train to the end (or to divergence) holding the run directory's lock; returns the
+        summary. ``stop_with``: a pid; when that process is gone, checkpoint and raise."""
+        with RunDirLock(self.out):
+            return self._run(progress, None if stop_with is None else ProcessWatch(stop_with))
+
+    def _run(self, progress: bool, watch: ProcessWatch | None) -> dict:
         from tqdm import tqdm
 
         tc = self.cfg.train
@@ -463,7 +495,14 @@ class Trainer:
         bar = tqdm(total=tc.max_steps, initial=self.step, desc=self.run_id, disable=not progress, dynamic_ncols=True)
         if resumed:
             bar.write(f"{self.run_id}: resumed at step {self.step}")
-        while self.step < tc.max_steps:
+        while self.step < tc.max_steps and self.status == "running":
+            if watch is not None and not watch.alive():
+                self.checkpoint()
+                bar.close()
+                raise AltgradError(
+                    f"run {self.run_id}: stopped at step {self.step}, checkpoint saved: the process that started "
+                    f"it ({watch.describe()}) is gone; rerun to resume"
+                )
             row = self.train_step(tracker)
             last = self.step == tc.max_steps - 1
             if self.step % tc.eval_interval == 0 or last:
@@ -522,6 +561,8 @@ class Trainer:
         }
 
 
-def train(cfg: RunConfig, out_dir: str | os.PathLike, run_id: str | None = None, progress: bool = True) -> dict:
-    """Train one run (resuming from `out_dir/checkpoints` if present); returns its summary."""
-    return Trainer(cfg, out_dir, run_id).run(progress=progress)
+def train(cfg: RunConfig, out_dir: str | os.PathLike, run_id: str | None = None, progress: bool = True,
+          stop_with: int | None = None) -> dict:
+    """Train one run (resuming from `out_dir/checkpoints` if present); returns its summary.
+    ``stop_with``: stop (after a checkpoint) when the process with this pid is gone."""
+    return Trainer(cfg, out_dir, run_id).run(progress=progress, stop_with=stop_with)
