@@ -123,6 +123,7 @@ def test_a_clear_winner_over_three_seeds_is_named_with_its_paired_difference():
     assert "e4m3 ranks first" in text and "runner-up e5m2" in text
     mean, ci = _fmt_ci(np.subtract([0.010, 0.012, 0.011], [0.100, 0.108, 0.095]))
     assert f"paired difference {mean} nats (95% CI {ci}, 3 seeds)" in text and "excludes 0" in text
+    assert "worse than BF16: e4m3 +0.0110, e5m2 +0.1010, e0m7 +0.3000" in text  # each own gap excludes 0
 
 
 def test_noise_yields_not_distinguishable():
@@ -182,6 +183,9 @@ def test_the_e0m7_null_control_is_shown_and_flagged_when_its_interval_excludes_z
     assert v.null["flagged"] is flagged and ("Calibration check" in v.flags) is flagged
     assert ("FAILED" in text and "no other optimizer effect on this page is trustworthy" in text) is flagged
     assert ("passed" in text) is not flagged
+    if not flagged:  # what a passed check rules out, from its interval
+        _, lo, hi = _ci(deltas)
+        assert f"only rules out a mismatch larger than {max(abs(lo), abs(hi)):.4f} nats" in text
     page = render_report(summary, metrics, figures=[])  # the page shows the flag as a warning
     assert ('<p class="flag"><b>⚠ Calibration check.</b>' in page) is flagged
     assert "(null control)" in page
@@ -200,7 +204,8 @@ def test_a_diverged_run_is_attributed_with_its_step():
              + _arm("e5m2", [0.01, 0.0, 0.012], site="weight") + _arm("e5m2", [0.0, 0.002, -0.001], site="activation")
              + [{"fmt": "e5m2", "site": "gradient", "seed": 0, "final": 5.2},
                 {"fmt": "e5m2", "site": "gradient", "seed": 1, "status": "diverged", "diverged_at": 41},
-                {"fmt": "e5m2", "site": "gradient", "seed": 2, "final": 5.15}])
+                {"fmt": "e5m2", "site": "gradient", "seed": 2, "final": 5.15}]
+             + [{"fmt": "e7m0", "seed": s, "status": "diverged", "diverged_at": 12} for s in SEEDS])
     v = _verdict(specs)
     a = v.attribution.set_index("arm")
     row = a.loc["e5m2 / AdamW"]
@@ -210,6 +215,9 @@ def test_a_diverged_run_is_attributed_with_its_step():
     assert row["method"] == "heuristic" and row["label"].endswith("(heuristic)") and row["diverged"] == "seed 2: step 55"
     assert "e5m2 / ManifoldAdamW (diverged — seed 2: step 55)" in _text(v, "Where formats fail")
     assert "seed 1: step 37" in v.ranking.table.set_index("format").loc["e5m2", "diverged"]
+    text = _text(v, "Which format wins")
+    assert "e7m0 no completed seed (diverged: seed 0: step 12, seed 1: step 12, seed 2: step 12)" in text
+    assert "nan" not in text
 
 
 def test_an_ablation_whose_sites_explain_the_gap_is_decomposed():
@@ -217,9 +225,14 @@ def test_an_ablation_whose_sites_explain_the_gap_is_decomposed():
     full = np.sum([w, act, g, inter], axis=0)
     specs = (_arm("bf16", [0, 0, 0]) + _arm("e4m3", full) + _arm("e4m3", w, site="weight")
              + _arm("e4m3", act, site="activation") + _arm("e4m3", g, site="gradient")
-             + _arm("e3m4", [0.2, 0.21, 0.19]))
+             + _arm("e3m4", [0.2, 0.21, 0.19])
+             # better than BF16 at every seed: nothing to attribute, no share of it
+             + _arm("e2m5", [-0.05, -0.06, -0.055]) + _arm("e2m5", [-0.01, 0.0, -0.02], site="weight"))
     v = _verdict(specs)
-    d = v.decomposition.set_index("part")
+    better = v.decomposition[v.decomposition["format"] == "e2m5"].set_index("part")
+    assert better["share"].isna().all()
+    assert v.site_causes.set_index("format").loc["e2m5", "cause"] == "better"
+    d = v.decomposition[v.decomposition["format"] == "e4m3"].set_index("part")
     expected = {"full": full, "weight": w, "activation": act, "gradient": g, "sum": np.sum([w, act, g], axis=0),
                 "interaction": inter}
     for part, values in expected.items():
@@ -234,7 +247,7 @@ def test_an_ablation_whose_sites_explain_the_gap_is_decomposed():
     assert a.loc["e4m3 / AdamW", "method"] == "intervention" and a.loc["e4m3 / AdamW", "cause"] == "weight"
     assert a.loc["e3m4 / AdamW", "method"] == "heuristic"  # no ablation for e3m4
     # ablation runs are evidence for the decomposition only: not ranked, not an arm of their own
-    assert set(v.ranking.table["format"]) == {"e4m3", "e3m4"} and len(v.ranking.table) == 2
+    assert set(v.ranking.table["format"]) == {"e4m3", "e3m4", "e2m5"} and len(v.ranking.table) == 3
     assert not any("only" in arm for arm in a.index)
     assert "by ablation, e4m3 / AdamW: weight quantization" in _text(v, "Where formats fail")
 

@@ -142,7 +142,8 @@ RULES: tuple[AttributionRule, ...] = (
 
 SITE_LABELS = {"weight": "weight quantization", "activation": "activation quantization",
                "gradient": "gradient quantization", "interaction": "interaction of the sites",
-               "none": "no gap to BF16 established", "open": "not established"}
+               "none": "no gap to BF16 established", "better": "better than BF16 (nothing to attribute)",
+               "open": "not established"}
 
 
 def describe_rules(th: Thresholds = Thresholds(), rules: Sequence[AttributionRule] = RULES) -> list[dict[str, str]]:
@@ -188,7 +189,8 @@ def decompose_sites(runs: pd.DataFrame) -> pd.DataFrame:
     ablation runs' lr multiplier: ``full`` = F (every site) − BF16, ``weight`` = F weight-only −
     BF16, ..., ``sum`` = the sum of the site gaps of each seed (over the sites that ran),
     ``interaction`` = full − sum, all AdamW, same seed. One row per format × part: ``mean, ci_low,
-    ci_high, n, excludes_zero, deltas`` ({seed: gap}), ``share`` (mean / full mean), ``n_diverged``,
+    ci_high, n, excludes_zero, deltas`` ({seed: gap}), ``share`` (mean / full mean; NaN unless the full
+    gap's interval excludes 0 upward: a share of no established gap means nothing), ``n_diverged``,
     ``diverged`` (``seed s: step k``), ``sites`` (the sites that ran), ``lr_multiplier``, ``note``.
     """
     cols = ["format", "part", "mean", "ci_low", "ci_high", "n", "excludes_zero", "deltas", "share", "n_diverged",
@@ -228,10 +230,11 @@ def decompose_sites(runs: pd.DataFrame) -> pd.DataFrame:
         divs["interaction"] = []
         if not base:
             note += "no completed BF16 AdamW run: no gap can be measured. "
-        full_mean = paired(gaps["full"]).mean
+        full_p = paired(gaps["full"])
+        gap_established = bool(full_p.excludes_zero and full_p.mean > 0)
         for part in ("full", *sites, "sum", "interaction"):
             p = paired(gaps[part])
-            share = p.mean / full_mean if math.isfinite(p.mean) and math.isfinite(full_mean) and full_mean != 0 else math.nan
+            share = p.mean / full_p.mean if gap_established and math.isfinite(p.mean) else math.nan
             rows.append({"format": fmt, "part": part, "mean": p.mean, "ci_low": p.ci_low, "ci_high": p.ci_high,
                          "n": p.n, "excludes_zero": p.excludes_zero, "deltas": p.deltas, "share": share,
                          "n_diverged": len(divs[part]), "diverged": ", ".join(divs[part]), "sites": sites,
@@ -250,13 +253,13 @@ def _gap_text(r: Mapping) -> str:
 
 def attribute_sites(decomposition: pd.DataFrame) -> pd.DataFrame:
     """Per ablated format, the cause read from its decomposition: ``format, cause`` (a site,
-    ``interaction``, ``none`` or ``open``), ``label``, ``sites`` (every site whose gap interval
+    ``interaction``, ``none``, ``better`` or ``open``), ``label``, ``sites`` (every site whose gap interval
     excludes 0 upward, largest first), ``text`` (the sentence, with the numbers).
 
     * the full run diverged: the sites whose run also diverged (with their steps); none: the
       interaction (no site diverges alone);
     * fewer than two seeds: ``open`` -- the point estimates are shown, no site is established;
-    * the full gap's interval includes 0 (or is below 0): ``none``;
+    * the full gap's interval includes 0: ``none``; lies below 0: ``better`` (than BF16);
     * else the site with the largest gap among those whose interval excludes 0 upward (its share
       of the full gap is printed); none such: ``interaction`` when full − sum excludes 0 upward,
       else ``open``.
@@ -282,8 +285,9 @@ def attribute_sites(decomposition: pd.DataFrame) -> pd.DataFrame:
             text = (f"{fmt}: gap {_gap_text(full)} on {int(full['n'])} seed(s) — no CI, so no site is established. "
                     f"Point estimates: {listing}; interaction {_gap_text(parts['interaction'])}.")
         elif not (full["excludes_zero"] and full["mean"] > 0):
-            cause = "none"
-            text = (f"{fmt}: no gap to BF16 established (full gap {_gap_text(full)}). Site gaps: {listing}.")
+            cause = "better" if full["excludes_zero"] else "none"
+            text = (f"{fmt}: " + ("better than BF16" if full["excludes_zero"] else "no gap to BF16 established")
+                    + f" (full gap {_gap_text(full)}), so there is no failure to attribute. Site gaps: {listing}.")
         else:
             found = sorted((p for p in sites if parts[p]["excludes_zero"] and parts[p]["mean"] > 0),
                            key=lambda p: -parts[p]["mean"])

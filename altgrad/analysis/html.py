@@ -171,7 +171,7 @@ footer { margin-top: 2.5rem; color: var(--muted); font-size: .85rem; }
 .cause-stable { color: #1c7c2c; } .cause-baseline { color: var(--muted); }
 .cause-forward, .cause-gradient, .cause-update, .cause-unattributed, .cause-weight, .cause-activation,
 .cause-interaction { color: var(--badink); font-weight: 600; }
-.cause-none { color: #1c7c2c; } .cause-open { color: var(--muted); font-style: italic; }
+.cause-none, .cause-better { color: #1c7c2c; } .cause-open { color: var(--muted); font-style: italic; }
 .verdict p.flag { background: var(--bad); border: 2px solid var(--badink); border-radius: 4px; padding: .4rem .6rem;
                   color: var(--badink); }
 .verdict p.flag b { color: var(--badink); }
@@ -361,7 +361,7 @@ def _decomposition_table(v: Verdict) -> str:
                      str(int(r["n"])), _yes_no(r["excludes_zero"]),
                      "–" if r["part"] == "full" or _missing(r["share"]) else f"{r['share']:.0%}", esc(r["diverged"] or "–")])
         rcls.append("diverged" if r["n_diverged"] else "muted" if r["part"] in ("sum", "interaction") else "")
-    causes = "".join(f"<li><b>{esc(r['format'])}</b>: {esc(r['label'])}. {esc(r['text'])}</li>"
+    causes = "".join(f"<li><b>{esc(r['format'])}</b>: {esc(r['text'].removeprefix(str(r['format']) + ': '))}</li>"
                      for _, r in v.site_causes.iterrows())
     return ("<h3>By intervention: the gap to BF16 split by quantized site</h3>"
             '<p class="sub">Ablation runs quantize one site (weights, activations or gradients) with the format and '

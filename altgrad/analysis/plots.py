@@ -509,7 +509,7 @@ def _site_decomposition(v) -> bytes | None:
         ax.grid(axis="x", alpha=0.3)
     for j in range(len(fmts), ncols * per_row):
         axes[j // ncols][j % ncols].set_visible(False)
-    _margins(fig, left=1.3, top=0.45)
+    _margins(fig, left=1.3, top=0.45, wspace=0.7)
     return png(fig)
 
 

@@ -358,7 +358,8 @@ def _ranking_line(rk: Ranking) -> tuple[tuple[str, str] | None, str | None]:
         else:
             text = f"none can be named: no quantized format has a completed run with a measurable {what}."
         return ("Which format wins", text), None
-    points = "; ".join(f"{r['format']} {r['mean']:+.4f}" + (f" (diverged: {r['diverged']})" if r["n_diverged"] else "")
+    points = "; ".join((f"{r['format']} {r['mean']:+.4f}" if r["n"] else f"{r['format']} no completed seed")
+                       + (f" (diverged: {r['diverged']})" if r["n_diverged"] else "")
                        for _, r in t.iterrows() if r["n"] or r["n_diverged"])
     if len(t) == 1:
         return ("Which format wins", f"{top['format']} is the only quantized format: with {opt} its {what} is "
@@ -383,6 +384,16 @@ def _ranking_line(rk: Ranking) -> tuple[tuple[str, str] | None, str | None]:
         winner = None
     if sep and len(t) > 2:
         text += f" All point estimates: {points}."
+    if rk.metric == "gap_to_bf16":
+        known = t[t["n"] >= 2]
+        below = [f"{r['format']} {r['mean']:+.4f}" for _, r in known.iterrows() if r["ci_high"] < 0]
+        above = [f"{r['format']} {r['mean']:+.4f}" for _, r in known.iterrows() if r["ci_low"] > 0]
+        if below or above:
+            text += (" Gap to BF16 established (its own CI excludes 0): "
+                     + "; ".join(([f"better than BF16: {', '.join(below)}"] if below else [])
+                                 + ([f"worse than BF16: {', '.join(above)}"] if above else [])) + ".")
+        else:
+            text += " No format's own gap to BF16 excludes 0."
     return ("Which format wins", text), winner
 
 
@@ -471,7 +482,9 @@ def _null_line(null: dict[str, Any] | None) -> str:
     if null["flagged"]:
         return (f"FAILED. {what}, but {ci} excludes 0{uncal}. The arms are not matched (step size, calibration or a "
                 "bug), so no other optimizer effect on this page is trustworthy either.")
-    return f"passed. {what}; {ci} includes 0{uncal}."
+    reach = max(abs(null["ci_low"]), abs(null["ci_high"]))
+    return (f"passed. {what}; {ci} includes 0{uncal}. At this spread the check only rules out a mismatch larger "
+            f"than {reach:.4f} nats.")
 
 
 def _lr_line(lr: pd.DataFrame) -> str | None:
