@@ -62,6 +62,15 @@ def make_workflow(tmp_path: Path, config: dict | None = None) -> Path:
     return wf
 
 
+def pin_library_hash(wf: Path, value: str = "pinned-by-test") -> None:
+    """The workflow copy's train params stop depending on the altgrad sources (the `code`
+    param), so a copy that is complete stays complete while the sources are edited."""
+    common = wf / "workflow" / "rules" / "common.smk"
+    text = common.read_text()
+    assert "LIB_HASH = library_hash()" in text
+    common.write_text(text.replace("LIB_HASH = library_hash()", f"LIB_HASH = {value!r}"))
+
+
 def write_config(wf: Path, config: dict) -> None:
     (wf / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 

@@ -1,17 +1,22 @@
 # Collect every configured run into tables, then render the report from them, the runs'
 # configs (shown, and priced with the `budget` section's settings) and the corpus's meta.json.
+# Both commands read all their inputs before they write (a damaged run file is named with its
+# run and the command that re-creates it), and the outputs are update(): a failing export or
+# report leaves the previous tables and page in place (Snakemake restores them).
 
 
 rule export:
     input:
-        steps=run_dirs(RUNS, "steps.parquet"),
-        summaries=run_dirs(RUNS, "summary.json"),
-        labels=run_dirs(RUNS, "run.json"),
+        steps=matrix_run_files("steps.parquet"),
+        summaries=matrix_run_files("summary.json"),
+        labels=matrix_run_files("run.json"),
     output:
-        metrics="results/metrics.parquet",
-        summary="results/summary.parquet",
+        metrics=update("results/metrics.parquet"),
+        summary=update("results/summary.parquet"),
         csv=report(
-            "results/summary.csv", category="Results", labels={"table": "summary"}
+            update("results/summary.csv"),
+            category="Results",
+            labels={"table": "summary"},
         ),
     log:
         "results/logs/export.log",
@@ -26,14 +31,18 @@ rule report:
     input:
         summary="results/summary.parquet",
         metrics="results/metrics.parquet",
-        configs=run_dirs(RUNS, "config.yaml"),
+        configs=matrix_run_files("config.yaml"),
         meta=f"{DATA}/meta.json",
     output:
         html=report(
-            "results/report.html", category="Results", labels={"table": "report"}
+            update("results/report.html"),
+            category="Results",
+            labels={"table": "report"},
         ),
         figures=report(
-            directory("results/figures"), patterns=["{name}.png"], category="Figures"
+            update(directory("results/figures")),
+            patterns=["{name}.png"],
+            category="Figures",
         ),
     log:
         "results/logs/report.log",
