@@ -1,5 +1,8 @@
 """The report page: one self-contained HTML file (images inlined as base64, no JS, no network).
 
+Over 600 lines because it is one page: each section is its own function, and splitting them
+across files would split the table, number and escaping helpers every section shares.
+
     from altgrad.analysis.html import ReportContext, render_report
     ctx = ReportContext.collect(command="snakemake --cores 1 results/report.html", planned=exp.jobs(),
                                 budget_usd=exp.budget["usd"], corpus=exp.meta, ...)

@@ -1,5 +1,8 @@
 """The report's figures (matplotlib, Agg), each returned as PNG bytes with its caption.
 
+Over 600 lines because it holds every figure of the page; they share the palette, panel
+layout and seed-band conventions below, which a split would have to import back.
+
     figures = make_figures(runs, metrics)   # runs: run_table(summary, metrics), the exported summary
     for f in figures: f.key, f.title, f.caption, f.png (None when nothing was measured)
 

@@ -1,5 +1,8 @@
 """The report's numbers and verdict: pure functions on the exported tables.
 
+Over 600 lines because the verdict's parts (lr choice, ranking, effects, null control,
+headlines) read one another's tables and are checked together by tests/test_verdict.py.
+
 Everything here reads the run table (:func:`altgrad.analysis.run_table.run_table`, which the
 export computes once and writes as ``summary.parquet``). Nothing here reads files, plots or
 formats HTML. Every Δ is a difference paired by seed with a 95% t-interval

@@ -1,5 +1,8 @@
 """The experiment: a config -> its runs (the matrix and the sweep), priced, before any job starts.
 
+Over 600 lines because validation collects every problem of a config in one pass, so the
+sections it checks (corpus, run, recipes, products, ablation, sweep, budget) share its state.
+
 An *experiment config* (``config/config.yaml``, ``config/runpod.yaml``; every key in
 ``config/README.md``) describes many runs at once; :func:`load_experiment` validates it and
 expands it into :class:`~altgrad.experiment.runs.Run` objects. The Snakefile loads it once

@@ -1,5 +1,8 @@
 """Dollars -> model shapes: compute-optimal plans from a budget, per run and per format.
 
+Over 600 lines because both planners (per run and per configured matrix) share the budget
+split, the shape family and the refusal rules, which are kept next to each other.
+
 * :func:`plan_compute_optimal`: a dollar budget (split over ``n_runs``) -> the FLOPs per run
   -> the target non-embedding size N* (Chinchilla's ``D = 20·N``, or a fitted ``N*(C)``)
   -> the nearest member of :func:`shape_family` and the tokens it can train.

@@ -1,5 +1,8 @@
 """Token files: ``prepare()`` writes them, ``TokenBin`` / ``BatchSampler`` read them.
 
+Over 600 lines because writing and reading share the file format and its integrity checks
+(meta.json, sizes, sha256): one module, so a reader can never disagree with the writer.
+
 A prepared corpus is a directory holding
 
 * ``train.bin``, ``val.bin`` -- flat little-endian ``uint16`` token ids (``np.memmap``-able),
