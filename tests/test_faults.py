@@ -282,6 +282,8 @@ CONFIG_FAULTS = [
     ConfigFault("an unquoted number where a string goes", BASE_YAML.replace("source: eurlex", "name: 2024, source: eurlex"),
                 ("{path}: 1 problem - corpus.name: 2024 is not of type 'string'",
                  "(YAML reads 2024 unquoted as an integer: write '2024' for the string)")),
+    ConfigFault("an unquoted number as a run's tag", BASE_YAML + "extra_runs: [{format: e4m3, tag: 300}]\n",
+                ("{path}: 1 problem - extra_runs[0].tag: 300 is not of type 'string'", "write '300' for the string")),
     ConfigFault("a required list given as null", BASE_YAML.replace("formats: [bf16, e5m2]", "formats: null"),
                 ("{path}: 1 problem - grid.formats: None is not of type 'array'",)),
     ConfigFault("a misspelt block", BASE_YAML + "gird: {seeds: [1]}\n",

@@ -481,6 +481,8 @@ def _extra_runs(c: Mapping[str, Any], names: _Names) -> list[dict[str, Any]]:
             continue
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             continue
+        if extra.get("tag") is not None and not isinstance(extra["tag"], str):
+            continue  # the schema reports it (tag: 300 unquoted is a number)
         specs.append(_spec(extra["format"], opt, mw, seed, where, extra.get("tag"), overrides))
     return specs
 
