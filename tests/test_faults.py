@@ -284,6 +284,8 @@ CONFIG_FAULTS = [
                  "(YAML reads 2024 unquoted as an integer: write '2024' for the string)")),
     ConfigFault("an unquoted number as a run's tag", BASE_YAML + "extra_runs: [{format: e4m3, tag: 300}]\n",
                 ("{path}: 1 problem - extra_runs[0].tag: 300 is not of type 'string'", "write '300' for the string")),
+    ConfigFault("a wrong type in the scaling block", BASE_YAML + "scaling: {formats: [bf16], budgets: [1e10, 2e10, 4e10], "
+                "vocab_size: 5376, train: 7}\n", ("{path}: 1 problem - scaling.train: 7 is not of type 'object'",)),
     ConfigFault("a required list given as null", BASE_YAML.replace("formats: [bf16, e5m2]", "formats: null"),
                 ("{path}: 1 problem - grid.formats: None is not of type 'array'",)),
     ConfigFault("a misspelt block", BASE_YAML + "gird: {seeds: [1]}\n",

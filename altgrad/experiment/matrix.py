@@ -257,7 +257,9 @@ def load_experiment(
 
     sweep_points: list[SweepPoint] = []
     sweep_runs: dict[str, Run] = {}
-    if isinstance(c.get("scaling"), dict) and base_cfg is not None:
+    # a scaling block the schema refuses (a wrong type) is not planned: its problems say enough
+    scaling_ok = not any(p.startswith(("scaling.", "scaling:")) for p in problems)
+    if isinstance(c.get("scaling"), dict) and base_cfg is not None and scaling_ok:
         sweep_points, sweep_runs = _sweep(c["scaling"], base, base_cfg, names, corpus, problems)
         for rid in set(sweep_runs) & set(runs):
             problems.append(f"duplicate run id {rid!r} (from the matrix and scaling); rename the recipe")
