@@ -556,6 +556,26 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(results:
 
 
 @pytest.mark.slow
+def test_a_diverged_run_resumes_as_diverged(compact: Path, tmp_path: Path):
+    """Rerunning a diverged run (its job reran, or Snakemake was killed before the outputs)
+    keeps its rows and divergence step; it used to train on past the divergence."""
+    cfg = yaml.safe_load(_run_config(compact, tmp_path / "blowup.yaml").read_text())
+    cfg["train"].update(lr=1e30, warmup_steps=0, nan_patience=3, grad_clip=0.0)
+    cfg["precision"] = {"weight": "bf16", "activation": "bf16", "gradient": "bf16"}
+    (tmp_path / "blowup.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    assert cli_main(_train_argv(tmp_path / "blowup.yaml", run)) == 0
+    first = json.loads((run / "summary.json").read_text())
+    rows = pd.read_parquet(run / "steps.parquet")
+    assert first["status"] == "diverged" and first["steps"] < 12
+    assert cli_main(_train_argv(tmp_path / "blowup.yaml", run)) == 0
+    again = json.loads((run / "summary.json").read_text())
+    assert (again["status"], again["diverged_at"], again["steps"]) == (first["status"], first["diverged_at"],
+                                                                       first["steps"])
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "steps.parquet"), rows)
+
+
+@pytest.mark.slow
 def test_a_trainer_stops_when_the_process_that_started_it_is_gone(results: Path):
     """--stop-with (the pipeline passes Snakemake's pid): a checkpoint, a one-line error,
     and a rerun that resumes to the same rows."""
