@@ -2,8 +2,10 @@
 
 Each recipe quantizes weights, activations and gradients (delayed scaling, telemetry on,
 shadow off); medians over N steps after warm-up, as ratios to the BF16 step measured in
-the same run. Also tokens/s for the tiny default model and the research plan's ~10M
-non-embedding model (6 x 384 x 6, block 256, GPT-2 vocabulary).
+the same run. The recipes' trainers take their steps in turn, so a shared machine whose
+speed drifts slows them alike; with one thread a step is timed in CPU seconds. Also
+tokens/s for the tiny default model and the research plan's ~10M non-embedding model
+(6 x 384 x 6, block 256, GPT-2 vocabulary).
 
     python benchmarks/train_step.py [--steps 8] [--models tiny reference]
 """
@@ -31,17 +33,22 @@ MODELS = {
 RECIPES = FORMAT_NAMES  # every registry format, bf16 (the baseline) first
 
 
-def median_step_s(cfg: RunConfig, out: Path, steps: int) -> float:
-    trainer = Trainer(cfg, out)
-    tracker = Tracker("disabled", "", "", out, {}, None)
-    times = []
+def median_step_s(cfgs: dict[str, RunConfig], root: Path, steps: int, cpu: bool) -> dict[str, float]:
+    """Median seconds per step of each config's trainer. The trainers take their steps in turn
+    (one step each, round after round), so a shared machine whose speed drifts slows every
+    config alike; `cpu`: the process's CPU time per step (time descheduled does not count)."""
+    clock = time.process_time if cpu else time.perf_counter
+    trainers = {name: Trainer(cfg, root / name) for name, cfg in cfgs.items()}
+    tracker = Tracker("disabled", "", "", root, {}, None)
+    times: dict[str, list[float]] = {name: [] for name in cfgs}
     for i in range(steps + 2):
-        start = time.perf_counter()
-        trainer.train_step(tracker)
-        trainer.step += 1
-        if i >= 2:  # warm-up
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, trainer in trainers.items():
+            start = clock()
+            trainer.train_step(tracker)
+            trainer.step += 1
+            if i >= 2:  # warm-up
+                times[name].append(clock() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -67,22 +74,22 @@ def main() -> None:
                           "max_steps": args.steps + 2},
                 "tracking": {"wandb_mode": "disabled"},
             }
-            results = {}
-            for recipe in RECIPES:
-                precision = {"weight": recipe, "activation": recipe, "gradient": recipe}
-                cfg = RunConfig.from_dict(base | {"precision": precision})
-                results[recipe] = median_step_s(cfg, tmp / f"{model}-{recipe}", args.steps)
-            shadow_cfg = RunConfig.from_dict(base | {"precision": {"weight": "e4m3", "activation": "e4m3",
-                                                                   "gradient": "e5m2"},
-                                                     "train": base["train"] | {"shadow_interval": 1}})
-            hybrid_cfg = shadow_cfg.with_overrides({"train.shadow_interval": 0})
-            shadow = median_step_s(shadow_cfg, tmp / f"{model}-shadow", args.steps)
-            hybrid = median_step_s(hybrid_cfg, tmp / f"{model}-hybrid", args.steps)
+            cfgs = {recipe: RunConfig.from_dict(base | {"precision": {"weight": recipe, "activation": recipe,
+                                                                      "gradient": recipe}})
+                    for recipe in RECIPES}
+            cfgs["shadow"] = RunConfig.from_dict(base | {"precision": {"weight": "e4m3", "activation": "e4m3",
+                                                                       "gradient": "e5m2"},
+                                                         "train": base["train"] | {"shadow_interval": 1}})
+            cfgs["hybrid"] = cfgs["shadow"].with_overrides({"train.shadow_interval": 0})
+            results = median_step_s(cfgs, tmp / model, args.steps, cpu=args.threads == 1)
+            shadow, hybrid = results.pop("shadow"), results.pop("hybrid")
             tokens = 8 * MODELS[model]["block_size"]
             bf16 = results["bf16"]
             print(f"\n{model}: {Trainer(RunConfig.from_dict(base), tmp / 'x').params_non_embedding:,} non-embedding "
-                  f"params, batch 8 x {MODELS[model]['block_size']} tokens, median of {args.steps} steps, {memory}")
-            print(f"{'recipe':<22}{'step ms':>9}{'/bf16':>7}{'tokens/s':>10}")
+                  f"params, batch 8 x {MODELS[model]['block_size']} tokens, median of {args.steps} steps taken in "
+                  f"turn, {memory}")
+            print(f"{'recipe':<22}{'step ms':>9}{'/bf16':>7}{'tokens/s':>10}   "
+                  f"({'CPU' if args.threads == 1 else 'wall'} time)")
             for recipe, seconds in results.items():
                 print(f"{recipe + ' (w+a+g)':<22}{seconds * 1e3:>9.1f}{seconds / bf16:>7.2f}{tokens / seconds:>10.0f}")
             print(f"{'e4m3/e5m2 hybrid':<22}{hybrid * 1e3:>9.1f}{hybrid / bf16:>7.2f}{tokens / hybrid:>10.0f}")
