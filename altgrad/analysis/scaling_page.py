@@ -138,12 +138,12 @@ def render_section(points_df: pd.DataFrame, fits: Mapping[str, FormatFits], chin
     parts = ['<section id="scaling">', "<h2>How the format gap changes with compute</h2>", '<div class="verdict">']
     parts += [f"<p>{esc(p)}</p>" for p in gap_verdict(fits)]
     parts.append("</div>")
-    if png_bytes:
-        parts.append(img(png_bytes, "isoFLOP curves and fitted frontiers per format"))
-        parts.append('<p class="sub">(a) final held-out loss of every run against N at each budget; dashed: the '
+    if png_bytes:  # in a <figure>: the pages' stylesheet fits figure images to the page width
+        parts.append('<figure id="fig-isoflop">' + img(png_bytes, "isoFLOP curves and fitted frontiers per format"))
+        parts.append("<figcaption>(a) final held-out loss of every run against N at each budget; dashed: the "
                      "parabola in log N whose vertex (star) is that budget's optimum. (b), (c): the per-budget optima "
                      "(hollow: no interior vertex, the lowest measured point) and the fitted laws, dotted beyond the "
-                     "measured compute.</p>")
+                     "measured compute.</figcaption></figure>")
 
     parts.append("<h2>Fitted laws per format</h2>")
     rows = []
@@ -166,12 +166,12 @@ def render_section(points_df: pd.DataFrame, fits: Mapping[str, FormatFits], chin
             fmt_num(L.r2, ".3f") if L else "", str(L.n_points) if L else "",
             (fmt_num(S.k, ".3g") + ci(S, "k")) if S else esc(f.size_error or "–"),
             (fmt_num(S.b, ".3f") + ci(S, "b", ".3f")) if S else "",
-            fmt_num(S.r2, ".3f") if S else "", str(S.n_points) if S else "",
-            fmt_num(d_max / S.predict_n(c_max), ".1f") if S and math.isfinite(d_max) else "",
+            fmt_num(S.r2, ".3f") if S else "",
+            fmt_num(d_max / S.predict_n(c_max), ".3g") if S and math.isfinite(d_max) else "",
             esc(f.size_basis),
         ])
-    parts.append(table(_head("format", "L(C): k", "a", "L∞", "R²", "points", "N*(C): k'", "b", "R² (log)", "points",
-                             "D*/N* at the largest C", "N* rests on"), rows))
+    parts.append(table(_head("format", "L(C): k", "a", "L∞", "R²", "budgets", "N*(C): k'", "b", "R² (log)",
+                             "D*/N* at C max", "N* rests on"), rows))
     parts.append('<p class="sub">Brackets: 95% bootstrap intervals (points resampled with replacement). '
                  f"N = {esc(N_DEFINITION)}; C = {esc(C_DEFINITION)}; {esc(D_DEFINITION)}. L(C) is fitted by "
                  "nonlinear least squares in linear loss space to the per-budget optimal losses. With as many "
@@ -185,13 +185,24 @@ def render_section(points_df: pd.DataFrame, fits: Mapping[str, FormatFits], chin
     if len(chinchilla_df):
         muted = ["muted" if e else "" for e in chinchilla_df["extrapolated"]]
         rows = [[esc(r.format), f"{r.compute:.0e}", fmt_num(r.n_opt, ".3g"), fmt_num(r.d_opt, ".3g"),
-                 fmt_num(r.tokens_per_param, ".1f"),
+                 fmt_num(r.tokens_per_param, ".3g"),
                  fmt_num(r.loss, ".3f"), "extrapolated" if r.extrapolated else "measured range"]
                 for r in chinchilla_df.itertuples()]
         parts.append(table(_head("format", "C (FLOPs)", "N*", "D*", "D*/N*", "predicted L", ""), rows, muted))
         parts.append('<p class="sub">D* = C / flops_per_token(N*): the tokens a model of size N* trains at C. Grey '
                      "italic rows lie outside the measured compute range: extrapolations of the fitted laws, not "
                      "measurements.</p>")
+        for fmt in dict.fromkeys(chinchilla_df["format"]):
+            S = fits[fmt].size
+            far = float(chinchilla_df.loc[chinchilla_df["format"] == fmt, "compute"].max())
+            lo, hi = S.c_range
+            if S.ci95 and far > hi:
+                decades = math.log10(far / hi)
+                b_lo, b_hi = S.ci95["b"]
+                parts.append(f'<p class="sub">{esc(fmt)}: measured over {eng(lo)}–{eng(hi)} FLOPs (a factor '
+                             f"{hi / lo:.3g}); at {far:.0e} FLOPs, {decades:.1f} decades beyond, the 95% interval of b "
+                             f"alone, [{b_lo:.3f}, {b_hi:.3f}], spans a factor {10 ** ((b_hi - b_lo) * decades):.3g} in "
+                             "N*.</p>")
     elif not refused:
         parts.append("<p>No format has an N*(C) law (see the errors above).</p>")
 

@@ -9,11 +9,11 @@ its planned ``D = C / flops_per_token(shape)`` tokens up to half a step (the cos
 ends at that step; there are no epochs). The fits themselves are
 :mod:`altgrad.analysis.scaling_study`'s.
 
-The sizes of each budget are centred on ``scaling.centre``'s N*(C): Chinchilla's D = 20·N
+The sizes of each budget are centred on ``scaling.centre``'s N*(C): a law ``{k, b}``,
+N*(C) = k·C^b, e.g. the study's own fit from an earlier sweep, or (null) Chinchilla's D = 20·N
 with C counted as the runs count it (the N whose run trains 20 tokens per parameter; not
 ``sqrt(C/120)``, which assumes 6·N FLOPs per token while the lm_head and attention are most of
-a small model's), or a law ``{k, b}``: N*(C) = k·C^b, e.g. the study's own fit from an
-earlier sweep. A sweep brackets its optima when every budget's isoFLOP vertex is interior;
+a small model's). A sweep brackets its optima when every budget's isoFLOP vertex is interior;
 the report says where it is not (widen ``sizes``/``window`` there, or re-centre).
 """
 
@@ -112,11 +112,11 @@ def _describe(shape: ModelShape) -> str:
 def sweep_centre(sc: Mapping[str, Any], shapes: list[ModelShape]) -> tuple[Callable[[float], float], str]:
     """``scaling.centre`` -> (C -> the N the sizes of budget C are centred on, its description).
 
-    ``"chinchilla"``: the N whose run trains 20 tokens per parameter at C, with the FLOPs per
-    token of ``shapes`` (:func:`altgrad.training.flops.flops_per_token_by_size`); a mapping
-    ``{k, b}``: ``N*(C) = k·C^b``."""
-    centre = sc.get("centre") or "chinchilla"
-    if centre == "chinchilla":
+    A mapping ``{k, b}``: ``N*(C) = k·C^b``; null: Chinchilla's N, the one whose run trains 20
+    tokens per parameter at C with the FLOPs per token of ``shapes``
+    (:func:`altgrad.training.flops.flops_per_token_by_size`)."""
+    centre = sc.get("centre")
+    if not centre:
         fpt_of_n = flops_per_token_by_size(shapes)
         return (lambda c: size_at_tokens_per_param(c, CHINCHILLA_TOKENS_PER_PARAM, fpt_of_n),
                 "Chinchilla's N (20 tokens per parameter at C, FLOPs per token counted)")
@@ -174,8 +174,8 @@ def plan_sweep(
     head_dim = int(sc["head_dim"])
     fam = {"block_size": block_size, "vocab_size": vocab_size, "aspect": int(sc["aspect"]), "head_dim": head_dim,
            "bias": bias}
-    centre_block = sc.get("centre") or "chinchilla"
-    if centre_block != "chinchilla":
+    centre_block = sc.get("centre")
+    if centre_block:
         try:
             k_c, b_c = float(centre_block["k"]), float(centre_block["b"])
             if not (k_c > 0 and 0 < b_c < 1):
