@@ -152,6 +152,7 @@ def _run_train(args: argparse.Namespace) -> None:
     import torch
 
     from altgrad.files import atomic_open
+    from altgrad.training.allocator import keep_freed_memory
     from altgrad.training.config import RunConfig
     from altgrad.training.run_lock import ProcessWatch, RunDirLock
     from altgrad.training.trainer import train
@@ -175,6 +176,7 @@ def _run_train(args: argparse.Namespace) -> None:
                 f.write(json.dumps(labels, sort_keys=True) + "\n")
         if args.threads:
             torch.set_num_threads(args.threads)
+        keep_freed_memory()  # a step reuses its temporaries' pages (the default job: 18.0 -> 13.5 s)
         summary = train(RunConfig.from_yaml(config), args.out, run_id=args.run_id, progress=not args.quiet,
                         stop_with=args.stop_with)
     detail = f"diverged at step {summary['diverged_at']}" if summary["status"] == "diverged" else "completed"

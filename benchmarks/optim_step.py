@@ -17,10 +17,10 @@ import statistics
 import time
 
 import torch
-from steady_memory import keep_freed_memory
 
 from altgrad.optim import GridOptim, GridProjection, ManifoldAdamW, UpdateDiagnostics
 from altgrad.quantization import get_format
+from altgrad.training.allocator import keep_freed_memory
 
 FMT = get_format("e4m3")
 

@@ -15,9 +15,9 @@ import statistics
 import time
 
 import torch
-from steady_memory import keep_freed_memory
 
 from altgrad.quantization import FORMAT_NAMES, QuantStats, quantize
+from altgrad.training.allocator import keep_freed_memory
 
 
 def round_robin_ms(fns: dict, repeats: int) -> dict:

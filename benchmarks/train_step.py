@@ -18,9 +18,9 @@ import warnings
 from pathlib import Path
 
 import torch
-from steady_memory import keep_freed_memory
 
 from altgrad.quantization import FORMAT_NAMES
+from altgrad.training.allocator import keep_freed_memory
 from altgrad.training.config import RunConfig
 from altgrad.training.data import prepare
 from altgrad.training.tracking import Tracker
