@@ -255,21 +255,42 @@ def test_an_ablation_whose_sites_explain_the_gap_is_decomposed():
 def test_forward_precision_is_judged_after_warm_up():
     base = [0.0, 0.0, 0.0]
     specs = (_arm("bf16", base)
-             # a gap of 0.1 nats planted at step 20, the first evaluation after the 20-step warm-up
-             + _arm("e4m3", [0.01, 0.01, 0.01], act_over=0.05, early={20: 0.1})
-             # the same gap planted inside the warm-up (step 10) only: not judged
-             + _arm("e5m2", [0.01, 0.01, 0.01], act_over=0.05, early={10: 0.1}))
+             # a gap of 0.1 nats planted at step 20, the first evaluation after the 20-step warm-up,
+             # and a final gap of 0.1 (the symptom)
+             + _arm("e4m3", [0.1, 0.1, 0.1], act_over=0.05, early={20: 0.1})
+             # the same gap planted inside the warm-up (step 10) only, none at step 20 (the planted
+             # curve's share of the final gap there is taken out): not judged
+             + _arm("e5m2", [0.1, 0.1, 0.1], act_over=0.05, early={10: 0.1, 20: -0.1 * (1 - math.exp(-20 / 25))}))
     summary, metrics = _tables(specs)
     table = run_table(summary, metrics)
     v = build_verdict(table)
     a = v.attribution.set_index("arm")
     assert a.loc["e4m3 / AdamW", "cause"] == "forward"
     assert set(table["warmup_steps"]) == {WARMUP} and set(table["early_eval_step"]) == {20}
-    assert a.loc["e4m3 / AdamW", "early_gap"] == pytest.approx(0.1 + 0.01 * (1 - math.exp(-20 / 25)))
+    assert a.loc["e4m3 / AdamW", "early_gap"] == pytest.approx(0.1 + 0.1 * (1 - math.exp(-20 / 25)))
     assert a.loc["e5m2 / AdamW", "cause"] != "forward"
     # no warm-up: step 0 (the untrained model) is never the judged evaluation
     assert warmup_steps([1e-3] * 10) == 0 and early_eval([0, 10, 20], 0) == 10
     assert warmup_steps([1e-3 * (k + 1) / 5 if k < 5 else 1e-3 for k in range(10)]) == 5
+
+
+def test_forward_precision_needs_a_symptom_and_is_read_on_the_formats_adamw_arm():
+    specs = (_arm("bf16", [0.0, 0.0, 0.0])
+             # overflow and an early gap, but the format ends below BF16: nothing failed
+             + _arm("e2m5", [-0.05, -0.05, -0.05], act_over=0.05, early={20: 0.2})
+             # e3m4 with AdamW is level with BF16 early on; ManifoldAdamW is 0.2 nats slower at step 20
+             # (its own speed) and ends 0.1 above BF16: a symptom, but not of the forward pass
+             + _arm("e3m4", [0.0, 0.0, 0.0], act_over=0.05)
+             + _arm("e3m4", [0.1, 0.1, 0.1], opt="manifold", act_over=0.05, early={20: 0.2})
+             # e4m3: the AdamW arm itself shows the early gap, so its ManifoldAdamW arm is judged by it
+             + _arm("e4m3", [0.1, 0.1, 0.1], act_over=0.05, early={20: 0.1})
+             + _arm("e4m3", [0.1, 0.1, 0.1], opt="manifold", act_over=0.05))
+    a = _verdict(specs).attribution.set_index("arm")
+    assert a.loc["e2m5 / AdamW", "cause"] == "stable"
+    assert a.loc["e3m4 / ManifoldAdamW", "cause"] != "forward"
+    assert a.loc["e3m4 / ManifoldAdamW", "early_gap"] == pytest.approx(a.loc["e3m4 / AdamW", "early_gap"])
+    assert a.loc["e4m3 / AdamW", "cause"] == "forward"
+    assert a.loc["e4m3 / ManifoldAdamW", "cause"] == "forward"
 
 
 def test_the_update_rule_reads_zero_update_for_fp32_masters_and_stall_for_grid_weights():

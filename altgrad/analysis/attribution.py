@@ -40,7 +40,11 @@ __all__ = ["EARLY_GAP_RULE", "RULES", "AttributionRule", "Clause", "Thresholds",
 
 EARLY_GAP_RULE = ("the val-loss gap to BF16 is read at the first evaluation at or after the end of the "
                   "learning-rate warm-up (read from the logged lr: train.warmup_steps) and after step 0, "
-                  "where every run still sits at ln V; the gap at step 0 says nothing about precision")
+                  "where every run still sits at ln V; the gap at step 0 says nothing about precision. "
+                  "An arm of another optimizer is judged by its format's AdamW arm's early gap: the forward "
+                  "pass is the format's, while an optimizer's own early gap is its speed (ManifoldAdamW's "
+                  "calibrated steps start slower and end lower). Like the other rules it needs a symptom: "
+                  "a format that ends level with BF16 did not fail")
 
 
 @dataclass(frozen=True)
@@ -128,8 +132,7 @@ RULES: tuple[AttributionRule, ...] = (
         Clause("activation_underflow_rate", ">=", "forward_rate", "activation underflow rate"),
         Clause("weight_overflow_rate", ">=", "forward_rate", "weight overflow rate"),
         Clause("weight_underflow_rate", ">=", "forward_rate", "weight underflow rate"),
-    ), all_of=(Clause("early_gap", ">=", "early_gap", "val-loss gap at the first eval after warm-up (nats)"),),
-        needs_symptom=False),
+    ), all_of=(Clause("early_gap", ">=", "early_gap", "val-loss gap at the first eval after warm-up (nats)"),)),
     AttributionRule("gradient", "gradient fidelity", any_of=(
         Clause("grad_cos_mean", "<", "grad_cos", "mean gradient cosine to the FP32 shadow"),
         Clause("gradient_underflow_rate", ">=", "grad_underflow", "gradient underflow rate"),
@@ -326,11 +329,20 @@ def attribute_failures(runs: pd.DataFrame, th: Thresholds = Thresholds(),
     metric_cols = sorted({c.metric for r in rules for c in (*r.any_of, *r.all_of)} | {"gap_to_bf16"})
     by_site = {} if sites is None else {r["format"]: r for _, r in sites.iterrows()}
     rule_labels = {r.key: r.label for r in rules} | {"stable": "stable", "unattributed": "unattributed"}
+    arms = runs.groupby(list(ARM_KEYS), sort=False, dropna=False)
+    # the early gap of each arm's AdamW counterpart (same format, storage, tag, site, multiplier)
+    def key(fmt, mw, tag, site, mult):  # a missing tag is NaN, and NaN never equals itself as a key
+        return fmt, mw, None if is_missing(tag) else tag, site, mult
+
+    adamw_early = {key(fmt, mw, tag, site, mult): nanmean(g["early_gap"]) if "early_gap" in g else math.nan
+                   for (fmt, opt, mw, tag, site, mult), g in arms if opt == REFERENCE_OPTIMIZER}
     rows = []
-    for (fmt, opt, mw, tag, site, mult), g in runs.groupby(list(ARM_KEYS), sort=False, dropna=False):
+    for (fmt, opt, mw, tag, site, mult), g in arms:
         plain = opt == REFERENCE_OPTIMIZER and mw == "fp32" and is_missing(tag) and site == "all"
         baseline = fmt == BASELINE_FORMAT and plain
         values = {c: nanmean(g[c]) if c in g else math.nan for c in metric_cols}
+        if "early_gap" in values and opt != REFERENCE_OPTIMIZER:
+            values["early_gap"] = adamw_early.get(key(fmt, mw, tag, site, mult), math.nan)
         div = g[g["status"] == "diverged"]
         diverged = ", ".join(f"seed {s}: step {'?' if is_missing(d) else int(d)}"
                              for s, d in zip(div["seed"], div["diverged_at"]))
