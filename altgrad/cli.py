@@ -372,7 +372,10 @@ def _run_plan(args: argparse.Namespace) -> None:
                        attention=args.attention)
     print(plan.describe())
     if plan.refused:
-        raise AltgradError("infeasible plan for " + "; ".join(f"{f.format}: {f.refused}" for f in plan.refused))
+        by_reason: dict[str, list[str]] = {}  # formats that share a law are refused for one reason
+        for f in plan.refused:
+            by_reason.setdefault(f.refused, []).append(f.format)
+        raise AltgradError("infeasible plan for " + "; ".join(f"{', '.join(fs)}: {why}" for why, fs in by_reason.items()))
 
 
 # ---------------------------------------------------------------------------------------
