@@ -167,11 +167,16 @@ def test_staleness_complete_run_then_noop_then_one_lr_then_corpus(tmp_path):
     import altgrad
 
     lib = tmp_path / "lib"
-    for pkg in ("quantization", "nn", "optim", "training"):
+    for pkg in ("quantization", "nn", "optim", "training", "analysis", "experiment"):
         shutil.copytree(Path(altgrad.__file__).parent / pkg, lib / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(Path(altgrad.__file__).parent / "scaling_laws.py", lib)
     common = wf / "workflow" / "rules" / "common.smk"
     assert "LIB_HASH = library_hash()" in common.read_text()
     common.write_text(common.read_text().replace("LIB_HASH = library_hash()", f"LIB_HASH = library_hash(root={str(lib)!r})"))
+    report_rules = wf / "workflow" / "rules" / "report.smk"
+    report_code = '("analysis", "experiment", "scaling_laws.py")'
+    assert report_code in report_rules.read_text()
+    report_rules.write_text(report_rules.read_text().replace(report_code, f"{report_code}, root={str(lib)!r}"))
 
     # 1. a complete run: every output, three runs, the report; the budget printed once
     proc = snakemake(wf, "--cores", "2")
@@ -210,6 +215,16 @@ def test_staleness_complete_run_then_noop_then_one_lr_then_corpus(tmp_path):
     assert executed_jobs(dry.stdout) == {"train": 3, "export": 1, "report": 1, "all": 1}
     assert dry.stdout.count("Params have changed") == 3 and "altgrad-library-" in dry.stdout
     formats_py.write_text(original)
+    assert "Nothing to be done" in snakemake(wf, "-n").stdout
+
+    # a changed verdict: the tables and the report are made again, no run
+    verdict_py = lib / "analysis" / "verdict.py"
+    original = verdict_py.read_text()
+    verdict_py.write_text(original + "\n# a changed verdict\n")
+    dry = snakemake(wf, "-n")
+    assert executed_jobs(dry.stdout) == {"export": 1, "report": 1, "all": 1}
+    assert "Params have changed" in dry.stdout and "altgrad-report-" in dry.stdout
+    verdict_py.write_text(original)
     assert "Nothing to be done" in snakemake(wf, "-n").stdout
 
     # 3. one run's lr: that run, export and report rerun; nothing else; -n shows the change

@@ -21,7 +21,8 @@ LIBRARY_PACKAGES = ("quantization", "nn", "optim", "training")  # what a run's n
 
 
 def library_hash(packages: Sequence[str] = LIBRARY_PACKAGES, root: str | Path | None = None) -> str:
-    """sha256 (first 16 hex) over the source of the altgrad packages a run depends on.
+    """sha256 (first 16 hex) over the source of altgrad packages (or single modules, given as
+    ``name.py``): by default the ones a run depends on.
 
     ``root``: the package directory (default: the imported altgrad's).
     """
@@ -30,7 +31,7 @@ def library_hash(packages: Sequence[str] = LIBRARY_PACKAGES, root: str | Path | 
     root = Path(altgrad.__file__).parent if root is None else Path(root)
     h = hashlib.sha256()
     for pkg in packages:
-        for path in sorted((root / pkg).rglob("*.py")):
+        for path in [root / pkg] if pkg.endswith(".py") else sorted((root / pkg).rglob("*.py")):
             rel = path.relative_to(root).as_posix()
             h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]

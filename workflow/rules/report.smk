@@ -2,7 +2,13 @@
 # configs (shown, and priced with the `budget` section's settings) and the corpus's meta.json.
 # Both commands read all their inputs before they write (a damaged run file is named with its
 # run and the command that re-creates it), and the outputs are update(): a failing export or
-# report leaves the previous tables and page in place (Snakemake restores them).
+# report leaves the previous tables and page in place (Snakemake restores them). Both carry the
+# hash of the code that makes tables and pages from runs (as the train rule carries the
+# library's): a changed verdict or table reruns them, and `-n` says "Params have changed".
+
+REPORT_CODE = "altgrad-report-" + library_hash(
+    ("analysis", "experiment", "scaling_laws.py")
+)
 
 
 rule export:
@@ -22,6 +28,7 @@ rule export:
         "results/logs/export.log",
     params:
         dirs=lambda wildcards, input: parent_dirs(input.summaries),
+        code=REPORT_CODE,
     shell:
         "altgrad export --metrics {output.metrics} --summary {output.summary} --csv {output.csv} "
         "{params.dirs} > {log} 2>&1"
@@ -48,6 +55,7 @@ rule report:
         "results/logs/report.log",
     params:
         budget=shlex.join(EXP.budget_args()),
+        code=REPORT_CODE,
     shell:
         "altgrad report --summary {input.summary} --metrics {input.metrics} --run-configs {input.configs} "
         '--corpus {input.meta} {params.budget} --out {output.html} --figures {output.figures} --command "$ALTGRAD_INVOCATION" '

@@ -37,6 +37,7 @@ rule scaling_report:
         out=lambda wildcards, output: os.path.dirname(output.fits),
         n_boot=lambda wildcards: EXP.config["scaling"]["n_boot"],
         seed=lambda wildcards: EXP.config["scaling"]["seed"],
+        code=REPORT_CODE,
     shell:
         "altgrad scaling {params.runs} --out {params.out} --n-boot {params.n_boot} --seed {params.seed} "
         '--command "$ALTGRAD_INVOCATION" > {log} 2>&1'
