@@ -5,7 +5,8 @@
   Runs may have different metric columns (an unquantized run has no quantization telemetry); the
   union is kept and missing values are null.
 * ``summary.parquet`` (+ ``summary.csv``) -- one row per run: the labels, the scalar fields
-  of ``summary.json`` (status, diverged_at, steps, tokens, losses, FLOPs, ...), the amax
+  of ``summary.json`` (status, diverged_at, steps, tokens, losses, FLOPs, the steps' time
+  ``wall_time_s`` and the job's ``job_wall_s``, null for a run written before it existed, ...), the amax
   scaling kind, how the gridded weights' steps were sized (``calibration``: calibrated,
   uncalibrated or none; ``calibrated_lr``: per layer, JSON), the number of events, and the
   last training loss.
@@ -32,8 +33,8 @@ __all__ = ["LABEL_COLUMNS", "export_runs", "read_run"]
 
 LABEL_COLUMNS = ("run_id", "format", "optimizer", "master_weights", "seed", "tag", "origin", "site",
                  "lr_multiplier", "weight", "activation", "gradient", "config_hash")
-_SUMMARY_SCALARS = ("status", "diverged_at", "steps", "tokens", "wall_time_s", "final_val_loss", "best_val_loss",
-                    "final_val_ppl", "flops", "params_total", "params_non_embedding", "device")
+_SUMMARY_SCALARS = ("status", "diverged_at", "steps", "tokens", "wall_time_s", "job_wall_s", "final_val_loss",
+                    "best_val_loss", "final_val_ppl", "flops", "params_total", "params_non_embedding", "device")
 
 
 def read_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame]:
@@ -92,6 +93,7 @@ def export_runs(
     table = pd.DataFrame(rows)
     for col in ("seed", "steps", "tokens", "params_total", "params_non_embedding", "diverged_at", "n_events"):
         table[col] = table[col].astype("Int64")
+    table["job_wall_s"] = table["job_wall_s"].astype("float64")  # a number even when no run has it
     # the per-run evidence: gap to the same seed's BF16 run, stall, rates, cosine, GPU-hours
     table = run_table(table, metrics)
     atomic_write(metrics_path, lambda tmp: metrics.to_parquet(tmp, index=False))

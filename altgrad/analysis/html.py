@@ -25,9 +25,10 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,9 @@ class ReportContext:
     corpus       corpus facts: name/source, tokens or train_tokens/val_tokens, documents, vocab_size
     model        model facts: n_layer, n_head, n_embd, block_size, vocab_size (params come from the runs)
     planned      the budget plan: JobCost objects (altgrad.experiment.pricing) or mappings with
-                 name, gpu_hours, usd, flops (and optionally device, price_usd)
+                 name, seconds (the job's estimated wall time), basis (measured: from a calibration;
+                 assumed: from FLOPs at an assumed MFU), usd, flops, and optionally device, price_usd;
+                 a plan without seconds is gpu_hours × 3600, basis assumed
     budget_usd   the budget cap, if any
     thresholds   attribution thresholds (:class:`altgrad.analysis.attribution.Thresholds`)
     title        page title
@@ -578,42 +581,118 @@ def _setup_section(runs: pd.DataFrame, ctx: ReportContext) -> str:
     return '<h2 id="setup">Setup</h2>' + _kv_table(items)
 
 
+_JOB_FIELDS = ("name", "seconds", "basis", "gpu_hours", "usd", "flops", "device", "price_usd")
+
+
 def _job_dict(j: Any) -> dict[str, Any]:
-    if is_dataclass(j):
-        d = {k: getattr(j, k) for k in ("name", "gpu_hours", "usd", "flops", "device", "price_usd") if hasattr(j, k)}
-        return d
-    return dict(j)
+    """One planned job as a mapping; a plan without ``seconds`` (made before the estimate carried
+    them) is its device-hours × 3600, and a plan that does not say its basis is ``assumed``."""
+    d = dict(j) if isinstance(j, Mapping) else {k: getattr(j, k) for k in _JOB_FIELDS if hasattr(j, k)}
+    if _missing(d.get("seconds")) and not _missing(d.get("gpu_hours")):
+        d["seconds"] = float(d["gpu_hours"]) * 3600.0
+    if not _missing(d.get("seconds")) and not d.get("basis"):
+        d["basis"] = "assumed"
+    return d
+
+
+_BASIS_LABEL = {"measured": "calibrated estimate", "assumed": "assumed-MFU estimate"}
+
+
+def _seconds(v: Any) -> str:
+    return fmt_num(v) if _missing(v) or float(v) < 1000 else fmt_num(v, "int")
+
+
+def _ratio(v: Any) -> str:
+    return fmt_num(v) if _missing(v) or not 0.1 <= float(v) < 100 else fmt_num(v, ".2f")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _other_device(planned: Any, ran: Any) -> bool:
+    """True when the plan priced a GPU and the run ran on the CPU, or the other way round."""
+    if _missing(planned) or _missing(ran) or not planned or not ran:
+        return False
+    return (str(planned).lower() == "cpu") != (str(ran).lower().split(":")[0] == "cpu")
 
 
 def _budget_section(runs: pd.DataFrame, ctx: ReportContext) -> str:
+    """Per job: FLOPs, wall seconds and USD planned vs spent, the estimate's basis and
+    spent/planned; above the table, the estimate's error over the jobs (per basis)."""
     planned = {d["name"]: d for d in map(_job_dict, ctx.planned)}
-    rows, tot = [], {"ph": 0.0, "pu": 0.0, "sh": 0.0, "su": 0.0, "pf": 0.0, "sf": 0.0}
+    rows, tot = [], {"pf": 0.0, "sf": 0.0, "ps": 0.0, "ss": 0.0, "pu": 0.0, "su": 0.0}
+    errors: dict[str, list[float]] = {}
+    left_out = {"no spent figure": 0, "diverged (stopped early)": 0, "ran on another device than planned": 0}
+    complete = True  # every row has both a planned and a spent wall time
+    any_spent = "job_wall_s" in runs and bool(runs["job_wall_s"].notna().any())
     for _, r in runs.iterrows():
         p = planned.get(r["run_id"], {})
-        price = p.get("price_usd")
-        spent_h = r.get("gpu_hours")
-        spent_usd = spent_h * price if price is not None and not _missing(spent_h) else math.nan
-        rows.append([esc(r["run_id"]), esc(p.get("device", r.get("device", "–"))),
+        price, planned_s = p.get("price_usd"), p.get("seconds")
+        spent_s = r.get("job_wall_s")
+        spent_s = math.nan if _missing(spent_s) else float(spent_s)
+        spent_usd = spent_s / 3600.0 * price if price is not None and not _missing(spent_s) else math.nan
+        has_plan = not _missing(planned_s) and float(planned_s) > 0
+        ratio = spent_s / float(planned_s) if has_plan and not _missing(spent_s) else math.nan
+        complete = complete and not _missing(ratio)
+        device = esc(p.get("device", r.get("device", "–")))
+        ratio_cell = _ratio(ratio)
+        if has_plan:
+            why = None
+            if _missing(spent_s):
+                why = "no spent figure"
+            elif r.get("status") == "diverged":
+                why = "diverged (stopped early)"
+                ratio_cell += f' <span class="note">stopped at step {esc(fmt_num(r.get("diverged_at"), "int"))}</span>'
+            elif _other_device(p.get("device"), r.get("device")):
+                why = "ran on another device than planned"
+                device += f' <span class="note">ran on {esc(r.get("device"))}</span>'
+            if why is None:
+                errors.setdefault(str(p["basis"]), []).append(ratio)
+            else:
+                left_out[why] += 1
+        rows.append([esc(r["run_id"]), device, esc(p.get("basis", "–")),
                      fmt_num(p.get("flops"), "sci"), fmt_num(r.get("flops"), "sci"),
-                     fmt_num(p.get("gpu_hours"), "hours"), fmt_num(spent_h, "hours"),
+                     _seconds(planned_s), _seconds(spent_s), ratio_cell,
                      fmt_num(p.get("usd"), "hours"), fmt_num(spent_usd, "hours")])
-        for k, val in (("ph", p.get("gpu_hours")), ("pu", p.get("usd")), ("sh", spent_h), ("su", spent_usd),
-                       ("pf", p.get("flops")), ("sf", r.get("flops"))):
+        for k, val in (("pf", p.get("flops")), ("sf", r.get("flops")), ("ps", planned_s), ("ss", spent_s),
+                       ("pu", p.get("usd")), ("su", spent_usd)):
             tot[k] += 0.0 if _missing(val) else float(val)
-    rows.append(["<b>total</b>", "", fmt_num(tot["pf"] if planned else math.nan, "sci"), fmt_num(tot["sf"], "sci"),
-                 fmt_num(tot["ph"] if planned else math.nan, "hours"), fmt_num(tot["sh"], "hours"),
-                 fmt_num(tot["pu"] if planned else math.nan, "hours"),
-                 fmt_num(tot["su"] if any(d.get("price_usd") is not None for d in planned.values()) else math.nan, "hours")])
-    note = ("Planned: the budget planner's estimate before the runs (FLOPs / (peak × MFU)). Spent: measured wall "
-            "time (GPU-h = wall s / 3600) priced at the plan's rate; FLOPs spent = the trainer's count for the "
-            "tokens actually trained (a diverged run stops early).")
+    priced = any(d.get("price_usd") is not None for d in planned.values())
+    rows.append(["<b>total</b>", "", "", fmt_num(tot["pf"] if planned else math.nan, "sci"), fmt_num(tot["sf"], "sci"),
+                 _seconds(tot["ps"] if planned else math.nan), _seconds(tot["ss"] if any_spent else math.nan),
+                 _ratio(tot["ss"] / tot["ps"] if complete and tot["ps"] > 0 else math.nan),
+                 fmt_num(tot["pu"] if planned else math.nan, "hours"), fmt_num(tot["su"] if priced and any_spent else math.nan, "hours")])
+
+    lines = []
+    for basis in sorted(errors, key=lambda b: (b != "measured", b != "assumed", b)):
+        v = sorted(errors[basis])
+        lines.append(f"{_BASIS_LABEL.get(basis, basis + ' estimate')}: spent/planned median "
+                     f"{_ratio(statistics.median(v))} ({_ratio(v[0])}–{_ratio(v[-1])}) over {_plural(len(v), 'job')}")
+    if not lines:
+        lines.append("the estimate's error is not known: no completed job has both a planned and a spent wall time "
+                     "on the device it was planned for"
+                     + ("" if planned else " (no plan was given to the report)"))
+    out = [f"{_plural(n, 'job')} {why}" for why, n in left_out.items() if n]
+    if out:
+        lines.append("left out of the error: " + ", ".join(out))
+    summary = "<br>".join(f"<b>{esc(line)}</b>" if i < len(errors) else esc(line) for i, line in enumerate(lines))
+
+    note = ("Planned: the budget planner's estimate of each job's wall seconds before the runs; basis measured: "
+            "from the calibration file (`altgrad calibrate`) of the device, assumed: from the job's FLOPs at an "
+            "assumed MFU. Spent: the wall seconds of the `altgrad train` processes that made the run, from process "
+            "start to the summary written, summed over resumes (job_wall_s; a summary written before it existed has "
+            "none); USD at the plan's hourly rate. spent/planned > 1: the job took longer than planned. FLOPs "
+            "spent = the trainer's count for the tokens actually trained (a diverged run stops early).")
     if not planned:
         note += " No plan was given to the report, so only the spent columns are filled."
     if ctx.budget_usd is not None:
         note += f" Budget cap: ${ctx.budget_usd:g}."
-    head = [("run", True), ("device", True), ("FLOPs planned", False), ("FLOPs spent", False),
-            ("GPU-h planned", False), ("GPU-h spent", False), ("USD planned", False), ("USD spent", False)]
-    return f'<h2 id="budget">Budget: planned vs spent</h2><p class="sub">{esc(note)}</p>' + table(head, rows, table_id="budget-table")
+    head = [("run", True), ("device", True), ("basis", True), ("FLOPs planned", False), ("FLOPs spent", False),
+            ("wall s planned", False), ("wall s spent", False), ("spent / planned", False),
+            ("USD planned", False), ("USD spent", False)]
+    return (f'<h2 id="budget">Budget: planned vs spent</h2><p id="budget-error">{summary}</p>'
+            f'<p class="sub">{esc(note)}</p>' + table(head, rows, table_id="budget-table"))
 
 
 def _footer(ctx: ReportContext) -> str:
