@@ -396,7 +396,7 @@ def _attribution_section(v: Verdict) -> str:
            "fraction (weights unchanged despite a gradient) where FP32 master weights accumulate sub-ULP steps, and "
            f"the stall ratio only where the weights live on the grid. Thresholds: {thr}.</p>"]
     head = [("format / optimizer", True), ("seeds", False), ("attribution", True), ("diverged", True),
-            ("final gap", False), ("gap after warm-up (step)", False), ("w / a overflow", False),
+            ("final gap", False), ("format's gap after warm-up (AdamW arm; step)", False), ("w / a overflow", False),
             ("w / a underflow", False), ("grad cosine", False), ("grad underflow", False), ("stall ratio", False),
             ("zero-update", False)]
     th_html = "".join(f'<th class="t">{esc(t)}</th>' if text else f"<th>{esc(t)}</th>" for t, text in head)
