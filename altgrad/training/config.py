@@ -143,7 +143,7 @@ class TrainConfig:
     dead_grad_steps: int = setting(20, "a weight's gradient zero this many steps in a row counts as dead", ge=1)
     rank_interval: int = setting(100, "steps between effective-rank probes; 0 = off", ge=0)
     device: Literal["cpu", "cuda", "auto"] = setting("auto", "auto = cuda when visible, else cpu")
-    autocast: bool = setting(False, "bf16 autocast (CUDA only)")
+    autocast: bool = setting(False, "bf16 autocast of the forward pass, on any device (the FP32 shadow never)")
     compile: bool = setting(False, "torch.compile the model (and fuse GridOptim's move)")
 
     def _problems(self) -> list[tuple[str, str]]:

@@ -180,8 +180,10 @@ class Trainer:
             {n: layer.weight_format for n, layer in self.layers.items() if layer.weight_format is not None},
             threshold=oc.mantissa_shift_threshold, patience=oc.mantissa_shift_patience, scaling=cfg.precision.scaling,
         ) if oc.mantissa_shift else None
-        # bf16 autocast on CUDA only: on CPU it is slow and would blur the simulated numerics
-        self.autocast = tc.autocast and self.device.type == "cuda"
+        # bf16 autocast where the config asks for it, on any device (torch runs it on CPU too, so
+        # a GPU config shrunk to CPU runs the same code); the FP32 shadow never runs under it
+        self.autocast = tc.autocast
+        self.logits_dtype: str | None = None  # what the training forward computed its logits in
         self.forward = torch.compile(self.model) if tc.compile else self.model
 
         shape = ModelShape.from_config(gpt_cfg)
@@ -306,9 +308,11 @@ class Trainer:
         total = 0.0
         for x, y in batches:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
-                _, loss = model(x, y)
+                logits, loss = model(x, y)
             (loss / len(batches)).backward()
             total += loss.item() / len(batches)
+        if model is not self.shadow:
+            self.logits_dtype = str(logits.dtype).removeprefix("torch.")
         return total
 
     def _grad_stats(self, row: dict) -> None:
@@ -554,6 +558,7 @@ class Trainer:
             "calibration": self._calibration(),
             "seed": self.cfg.train.seed,
             "device": str(self.device),
+            "logits_dtype": self.logits_dtype,  # bfloat16 when autocast ran (None: no step in this job)
             "config_hash": self.cfg.config_hash(),
             "quantization": str(self.quant_report),
             "events": self.events,
