@@ -263,7 +263,9 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load the newest checkpoint if it belongs to this run; move a stale one aside."""
-        state = self.store.load_latest(self.device)
+        # onto the CPU: RNG states (torch, numpy, the sampler's and GridOptim's generators) must be
+        # CPU byte tensors on any device; model and optimizer state follow their parameters on load
+        state = self.store.load_latest("cpu")
         if state is None:
             return False
         saved = state["trainer"].get("provenance", {})
