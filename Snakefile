@@ -3,6 +3,7 @@
     snakemake --cores 1 results/report.html   # the embedded default (config/config.yaml), CPU
     snakemake --profile runpod                # the H100 matrix (config/runpod.yaml)
     snakemake -n [--profile NAME]             # plan only: jobs + the budget table
+    snakemake --cores 1 results/calibration.json   # time each kind of job here; the table then prices from it
 
 Before any job (workflow/rules/common.smk): the config files are read once, as YAML 1.2 (a
 quoted value stays a string; a malformed file is named with its line), and loaded by
@@ -43,6 +44,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/scaling.smk"
+include: "workflow/rules/calibrate.smk"
 
 
 rule all:

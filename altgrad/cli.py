@@ -16,6 +16,7 @@ from pathlib import Path
 
 from altgrad import __version__
 from altgrad.errors import AltgradError
+from altgrad.experiment.calibration import CALIBRATION_FILE
 from altgrad.experiment.config import default
 
 PROG = "altgrad"
@@ -228,10 +229,11 @@ def _check_run_dirs(dirs: Sequence[str], files: Sequence[str]) -> None:
             )
 
 
-def _load_experiment(paths: Sequence[str], data_root: str):
+def _load_experiment(paths: Sequence[str], data_root: str, calibration: str | None = None):
     from altgrad.experiment import load_experiment, read_config_files
 
-    return load_experiment(read_config_files(paths), data_root=data_root, source=", ".join(paths))
+    return load_experiment(read_config_files(paths), data_root=data_root, source=", ".join(paths),
+                           calibration=calibration)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -327,6 +329,9 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
         help="experiment config (repeatable, later files win; default: config/config.yaml)",
     )
     p.add_argument("--data-root", default="data", help="prepared corpora, for the vocabulary and block size checks")
+    p.add_argument("--calibration", default=CALIBRATION_FILE, metavar="JSON",
+                   help="price from this calibration (`altgrad calibrate`) when it exists and was measured on "
+                        "budget.device (default: %(default)s, as the pipeline)")
     p.add_argument("--check", action="store_true", help="fail when the total exceeds budget.usd")
     p.add_argument("--runs", action="store_true", help="print only the run ids, one per line")
     g = p.add_argument_group("compute-optimal plan")
@@ -351,7 +356,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_plan(args: argparse.Namespace) -> None:
-    exp = _load_experiment(args.config or ["config/config.yaml"], args.data_root)
+    exp = _load_experiment(args.config or ["config/config.yaml"], args.data_root, args.calibration)
     if args.runs:
         print("\n".join(exp.run_ids))
         return
@@ -376,6 +381,71 @@ def _run_plan(args: argparse.Namespace) -> None:
         for f in plan.refused:
             by_reason.setdefault(f.refused, []).append(f.format)
         raise AltgradError("infeasible plan for " + "; ".join(f"{', '.join(fs)}: {why}" for why, fs in by_reason.items()))
+
+
+# ---------------------------------------------------------------------------------------
+# calibrate (what the pipeline's calibrate rule calls; the budget table prices from its file)
+# ---------------------------------------------------------------------------------------
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="time each kind of job of a config on this machine; the budget table then prices from it",
+        description=(
+            "Group the experiment's train runs into kinds (recipe, optimizer, shape, batch, device, autocast, "
+            "compile: not seed or lr), build each kind's real trainer on the prepared corpus in this process and "
+            "time --steps training steps after --warmup, the FP32 shadow pass, the rank probe, an eval batch and "
+            "a checkpoint; then time one short real `altgrad train` process of the cheapest kind for the per-job "
+            "start-up. Writes OUT (JSON: device, hardware, torch, threads, date, startup_s, per kind step_s, "
+            "tokens_per_s, shadow_s, eval_batch_s, ... and its run ids), which `altgrad plan` and the pipeline "
+            "read from results/calibration.json."
+        ),
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--config", action="append", default=[], metavar="FILE",
+                     help="experiment config (repeatable, later files win; default: config/config.yaml)")
+    src.add_argument("--experiment-json", default=None, metavar="JSON",
+                     help="the experiment config as one JSON object (the pipeline passes its merged config)")
+    p.add_argument("--data-root", default="data", help="prepared corpora (default: data)")
+    p.add_argument("--out", default=CALIBRATION_FILE, help="the calibration file (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per kind (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per kind first (default: %(default)s)")
+    p.add_argument("--startup-steps", type=int, default=5,
+                   help="steps of the start-up probe's `altgrad train` (default: %(default)s)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="aim to take this long: a kind times fewer steps (at least 5) once its share is spent "
+                        "(default: 30 on a CPU, 120 with a GPU; 0: always --steps)")
+    p.add_argument("--include-sweep", action="store_true", help="also the scaling sweep's runs")
+    p.add_argument("--quiet", action="store_true", help="no line per kind")
+    p.set_defaults(func=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> None:
+    from altgrad.experiment.calibration import calibrate
+
+    if args.experiment_json is not None:
+        import json
+
+        from altgrad.experiment import load_experiment
+
+        try:
+            config = json.loads(args.experiment_json)
+        except ValueError as e:
+            raise AltgradError(f"--experiment-json is not valid JSON ({e})") from None
+        paths = ["--experiment-json"]
+        exp = load_experiment(config, data_root=args.data_root, source="the pipeline's config")
+    else:
+        paths = args.config or ["config/config.yaml"]
+        exp = _load_experiment(paths, args.data_root)
+    if exp.meta is None:
+        raise AltgradError(f"calibrate needs the prepared corpus: {args.data_root}/{exp.corpus['name']} is missing or "
+                           f"was made from another corpus config; make it with `snakemake --cores 1 "
+                           f"{exp.corpus_dir}/meta.json` (or `altgrad prepare`)")
+    log = None if args.quiet else (lambda line: print(line, flush=True))
+    result = calibrate(exp, args.out, steps=args.steps, warmup=args.warmup, startup_steps=args.startup_steps,
+                       include_sweep=args.include_sweep, time_budget=args.time_budget, config_files=paths,
+                       log=log)
+    print(f"wrote {args.out}: {len(result['kinds'])} kinds on {result['device']} ({result['hardware']}), start-up "
+          f"{result['startup_s']:.2f} s per job, {result['wall_s']:.1f} s")
 
 
 # ---------------------------------------------------------------------------------------
@@ -421,6 +491,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_export,
     _add_report,
     _add_plan,
+    _add_calibrate,
     _add_scaling,
 ]
 

@@ -14,6 +14,7 @@ from altgrad.experiment.pricing import (
     budget_totals,
     check_budget,
     dollars,
+    duration,
     eng,
     get_device,
     memory_estimate,
@@ -86,7 +87,11 @@ def test_devices_and_plan_job_arithmetic():
     job = plan_job("e5m2-manifold-s0", REF, tokens=1e9, device="h100")
     assert job.flops == flops_per_token(REF) * 1e9
     assert job.gpu_hours == pytest.approx(job.flops / (989e12 * 0.3) / 3600, rel=1e-12)
+    assert job.seconds == pytest.approx(job.gpu_hours * 3600, rel=1e-12) and job.basis == "assumed"
     assert job.usd == pytest.approx(job.gpu_hours * 2.69, rel=1e-12)
+    # the simulated precision's overhead over native BF16 divides the MFU
+    slow = plan_job("e5m2-manifold-s0", REF, tokens=1e9, device="h100", overhead=2.5)
+    assert slow.seconds == pytest.approx(2.5 * job.seconds) and slow.usd == pytest.approx(2.5 * job.usd)
     assert plan_job("x", REF, 1e9, "h100", price=1.0).usd == pytest.approx(job.gpu_hours)
     with pytest.raises(AltgradError, match="mfu must be in"):
         plan_job("x", REF, 1e9, mfu=1.5)
@@ -111,9 +116,14 @@ def test_budget_table_totals_equal_sum_of_rows():
     text = budget_table(jobs, budget_usd=100.0)
     print("\n" + text)
     lines = text.splitlines()
-    assert lines[0].split() == ["job", "device", "params", "non-emb", "tokens", "FLOPs", "GPU-h", "USD"]
+    # every row says whether its estimate is measured or assumed, and its wall time
+    assert lines[0].split() == ["job", "device", "basis", "params", "non-emb", "tokens", "FLOPs", "time", "GPU-h",
+                                "USD"]
+    assert all(line.split()[2] == "assumed" for line in lines[2:2 + len(jobs)])
     total_line = next(line for line in lines if line.startswith("TOTAL"))
-    assert total_line.split()[-3:] == [eng(t.flops), f"{t.gpu_hours:.3f}", f"{t.usd:.2f}"]
+    assert total_line.split()[-4:] == [eng(t.flops), duration(t.gpu_hours * 3600), f"{t.gpu_hours:.3f}",
+                                       f"{t.usd:.2f}"]
+    assert [duration(s) for s in (14.21, 99.96, 210, 5999, 7200)] == ["14.2s", "1.7m", "3.5m", "1.67h", "2.00h"]
     assert all(j.name in text for j in jobs)
     assert len({len(line) for line in lines[:-1]}) == 1  # aligned columns
     assert "left" in lines[-1]

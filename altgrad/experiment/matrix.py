@@ -45,7 +45,10 @@ from altgrad.experiment.config import (
     schema_problems,
     with_defaults,
 )
+from altgrad.experiment.calibration import CALIBRATION_FILE, Calibration, load_calibration
 from altgrad.experiment.pricing import (
+    MEASURED,
+    REFERENCE_CPU,
     BudgetExceeded,
     JobCost,
     budget_table,
@@ -69,11 +72,17 @@ from altgrad.experiment.sweep import SweepPoint, budget_tag, plan_sweep, point_r
 from altgrad.quantization import FORMAT_NAMES, equivalence_classes
 from altgrad.training.config import ConfigError, RunConfig, did_you_mean
 from altgrad.training.data import prepare_args
+from altgrad.training.provenance import library_hash
 from altgrad.training.tokenizer import GPT2_VOCAB_SIZE
 
 __all__ = ["Experiment", "load_experiment", "read_meta"]
 
-RUNTIME_FACTOR = 10.0  # a train job's runtime = RUNTIME_FACTOR x the budget estimate + 30 min
+# A train job's runtime resource (minutes) = RUNTIME_MARGIN x the budget table's estimate of its
+# wall time + RUNTIME_SLACK_MIN: a job over its runtime is killed on a cluster (it resumes from
+# its checkpoint when rerun), and an estimate is an estimate (a calibration's error is visible in
+# the report's planned vs spent).
+RUNTIME_MARGIN = 1.5
+RUNTIME_SLACK_MIN = 10.0
 CUDA_THREADS = 4  # CPU threads of a GPU train job (data loading, the host side); a CPU job gets 1
 
 
@@ -93,6 +102,9 @@ class Experiment:
     meta: dict[str, Any] | None = field(default=None, repr=False)  # the prepared corpus, if any
     sweep_runs: dict[str, Run] = field(default_factory=dict)
     sweep_points: list[SweepPoint] = field(default_factory=list, repr=False)
+    # the calibration file as read (load_experiment's `calibration`), whatever its device; it
+    # prices only when it was measured on budget.device (`pricing_calibration`)
+    calibration: Calibration | None = field(default=None, repr=False)
 
     @property
     def train_runs(self) -> dict[str, Run]:
@@ -138,23 +150,63 @@ class Experiment:
         """The scaling sweep's runs, priced like :meth:`jobs`."""
         return self._price(self.sweep_runs.values(), meta)
 
+    @property
+    def pricing_calibration(self) -> Calibration | None:
+        """The calibration the budget prices from: the file's, when it was measured on
+        ``budget.device``."""
+        c = self.calibration
+        return c if c is not None and c.device == self.budget["device"] else None
+
     def _price(self, runs: Iterable[Run], meta: Mapping[str, Any] | None) -> list[JobCost]:
         b = self.budget
         meta = self.meta if meta is None else meta
         vocab = int(meta["vocab_size"]) if meta and "vocab_size" in meta else GPT2_VOCAB_SIZE
         device = b["device"] if b["peak_flops"] is None else get_device(b["device"], peak_flops=b["peak_flops"])
+        calibration = self.pricing_calibration
         return [price_run(run.run_id, run.config, data_vocab_size=vocab, device=device, mfu=b["mfu"],
-                          price=b["price_usd_per_hour"]) for run in runs]
+                          price=b["price_usd_per_hour"], calibration=calibration) for run in runs]
+
+    def basis_report(self, jobs: list[JobCost]) -> str:
+        """Which rows are measured and which assumed, and from what (the budget table's header)."""
+        b, c = self.budget, self.calibration
+        measured = [j for j in jobs if j.basis == MEASURED]
+        assumed = [j for j in jobs if j.basis != MEASURED]
+        lines = []
+        if measured:
+            stale = "" if not c.library or c.library == library_hash() else (
+                "; the library code changed since: recalibrate if it changed the speed")
+            lines.append(f"MEASURED: {len(measured)} of {len(jobs)} rows, from {c.describe()}{stale}")
+        if assumed:
+            if b["device"] == "cpu":
+                how = (f"BF16 MFU {b['mfu']:g} x the recipe's overhead ratio from the reference calibration "
+                       f"{REFERENCE_CPU.relative_to(REFERENCE_CPU.parents[2])}, + its start-up")
+            else:
+                how = (f"BF16 MFU {b['mfu']:g} x the recipe's overhead ratio from a memory-traffic model of eager "
+                       f"simulated quantization (altgrad/experiment/pricing.py), + an assumed "
+                       f"{get_device(b['device']).startup_s:.0f} s start-up")
+            if c is None:
+                why = f"no {CALIBRATION_FILE}; measure with `snakemake --cores 1 {CALIBRATION_FILE}`"
+            elif c.device != b["device"]:
+                why = (f"{c.path} was measured on {c.device} ({c.hardware}), not budget.device {b['device']}: "
+                       "not used")
+            else:
+                why = (f"their kinds are not in {c.path}: recalibrate with "
+                       f"`snakemake --cores 1 --forcerun calibrate {CALIBRATION_FILE}`")
+            lines.append(f"ASSUMED: {len(assumed)} of {len(jobs)} rows, {how} ({why})")
+        return "\n".join(lines)
 
     def budget_report(self, meta: Mapping[str, Any] | None = None) -> str:
-        """The budget table with a header line, as printed on every pipeline invocation;
-        with a ``scaling`` block, the sweep's own table and the sum of both follow."""
+        """The budget table with a header, as printed on every pipeline invocation: what it
+        prices at, which rows are measured and which assumed (and from what); with a
+        ``scaling`` block, the sweep's own table and the sum of both follow."""
         b = self.budget
         jobs = self.jobs(meta)
+        sweep = self.sweep_jobs(meta) if self.sweep_runs else []
         price = jobs[0].price_usd if jobs else b["price_usd_per_hour"]
         head = (
             f"altgrad budget: {len(jobs)} training jobs on {b['device']} at ${price:.2f}/h, "
-            f"MFU {b['mfu']:g} (FLOPs = 6·N·D + lm_head + attention, incl. eval/shadow passes)"
+            f"MFU {b['mfu']:g} for native BF16 (FLOPs = 6·N·D + lm_head + attention, incl. eval/shadow passes)\n"
+            + self.basis_report([*jobs, *sweep])
         )
         meta = self.meta if meta is None else meta
         if meta is None and any(r.config.model.vocab_size is None for r in self.runs.values()):
@@ -162,7 +214,6 @@ class Experiment:
             head += "; compact_vocab makes it smaller)" if self.corpus["compact_vocab"] else ")"
         if not self.sweep_runs:
             return head + "\n" + budget_table(jobs, budget_usd=b["usd"])
-        sweep = self.sweep_jobs(meta)
         both = budget_totals([*jobs, *sweep]).usd
         left = b["usd"] - both
         return "\n".join([
@@ -199,7 +250,7 @@ class Experiment:
                 "threads": CUDA_THREADS if cuda else 1,
                 "gpu": 1 if cuda else 0,
                 "mem_mb": int(max(2000, math.ceil(2.0 * mem.total_bytes / 2**20) + 1000)),
-                "runtime": int(math.ceil(RUNTIME_FACTOR * job.gpu_hours * 60.0) + 30),
+                "runtime": int(math.ceil(RUNTIME_MARGIN * job.seconds / 60.0 + RUNTIME_SLACK_MIN)),
             }
         return out
 
@@ -207,10 +258,11 @@ class Experiment:
         """What one train job asks for: threads, gpu, mem_mb, runtime (minutes).
 
         threads: :data:`CUDA_THREADS` for a GPU run, else 1 (parallel CPU jobs must not spin
-        against each other). mem_mb: twice the memory estimate + 1 GB. runtime: ten times the
-        budget estimate + 30 minutes, because simulated quantization runs far below the
-        planner's MFU (a job over its runtime is killed on a cluster; it resumes from its
-        checkpoint when rerun). Profiles may override any of them (``set-resources``).
+        against each other). mem_mb: twice the memory estimate + 1 GB. runtime: the budget
+        table's estimate of the job's wall time (measured or assumed, as its row says) x
+        :data:`RUNTIME_MARGIN` + :data:`RUNTIME_SLACK_MIN` minutes (a job over its runtime is
+        killed on a cluster; it resumes from its checkpoint when rerun). Profiles may override
+        any of them (``set-resources``).
         """
         return self._resources[rid]
 
@@ -219,7 +271,8 @@ class Experiment:
 
 
 def load_experiment(
-    config: Mapping[str, Any], *, data_root: str | Path | None = None, source: str = "config"
+    config: Mapping[str, Any], *, data_root: str | Path | None = None, source: str = "config",
+    calibration: str | Path | None = None,
 ) -> Experiment:
     """Validate an experiment config and expand it into runs (the config is normalised,
     checked against the schema and given its defaults here, once).
@@ -227,6 +280,10 @@ def load_experiment(
     ``data_root``: where prepared corpora live (relative to it, ``{corpus.name}/meta.json``);
     when that meta.json exists and matches the corpus config, block sizes and vocabularies
     are checked against it and the budget uses its vocabulary.
+    ``calibration``: a calibration file (the pipeline and ``altgrad plan`` pass
+    :data:`~altgrad.experiment.calibration.CALIBRATION_FILE`, results/calibration.json); when it
+    exists it is read, and the budget prices from it the runs whose kind it timed on
+    ``budget.device`` (a damaged file: an AltgradError naming it and the fix).
     Raises :class:`ExperimentError` listing every problem.
     """
     if not isinstance(config, Mapping):
@@ -273,8 +330,9 @@ def load_experiment(
     if problems:
         raise ExperimentError(list(dict.fromkeys(problems)), source)
     corpus["compact_vocab"] = bool(corpus["compact_vocab"])
+    calib = load_calibration(calibration) if calibration is not None and Path(calibration).exists() else None
     return Experiment(corpus=corpus, runs=runs, budget=dict(c["budget"]), config=c, meta=meta,
-                      sweep_runs=sweep_runs, sweep_points=sweep_points)
+                      sweep_runs=sweep_runs, sweep_points=sweep_points, calibration=calib)
 
 
 def _corpus(cc: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:

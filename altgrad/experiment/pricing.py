@@ -17,9 +17,11 @@ Typical use::
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from altgrad.errors import AltgradError
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MFU",
     "DEVICES",
+    "ASSUMED",
+    "MEASURED",
     "BudgetExceeded",
     "BudgetTotals",
     "Device",
@@ -40,12 +44,16 @@ __all__ = [
     "budget_totals",
     "check_budget",
     "dollars",
+    "duration",
     "eng",
     "eval_and_shadow_factor",
     "get_device",
     "memory_estimate",
     "plan_job",
     "price_run",
+    "run_events",
+    "run_shape",
+    "with_seconds",
     "si",
 ]
 
@@ -67,24 +75,39 @@ class BudgetExceeded(AltgradError):
 
 @dataclass(frozen=True)
 class Device:
-    """A training device: dense BF16 peak FLOP/s, memory, and an hourly price (USD)."""
+    """A training device: dense BF16 peak FLOP/s, memory, an hourly price (USD), and what the
+    assumed estimate needs besides: memory bandwidth (B/s: eager simulated quantization is
+    memory-bound), the FP32 matmul peak (the FP32 shadow pass) and an assumed per-job start-up.
+    """
 
     name: str
     peak_flops: float
     memory_bytes: float
     price_usd: float
+    bandwidth: float = 0.0  # bytes/s; 0 = unknown (the traffic model then adds nothing)
+    fp32_flops: float = 0.0  # FP32 (non-tensor-core) peak; 0 = peak_flops
+    startup_s: float = 0.0  # assumed fixed cost of one job (process, imports, data check, writes)
 
 
 # Vendor peak numbers are DENSE BF16 tensor-core throughput (the datasheets' headline
 # numbers with 2:4 sparsity are 2x these):
 #   NVIDIA H100 SXM5 datasheet: 989 TFLOPS BF16 dense (1,979 sparse), 80 GB HBM3.
 #   NVIDIA A100 datasheet: 312 TFLOPS BF16 dense (624 sparse), 40 or 80 GB.
+# Memory bandwidth, same datasheets: H100 SXM5 3.35 TB/s HBM3; A100 80GB SXM 2.0 TB/s HBM2e
+# (2,039 GB/s). FP32 (no tensor cores; torch leaves TF32 matmuls off, and the shadow model
+# runs without autocast): H100 SXM 67 TFLOPS, A100 19.5 TFLOPS.
 # Prices are per device-hour and only defaults: h100 2.69 is the project's reference
 # on-demand rate; a100 is a rough cloud figure; the local cpu costs nothing. cpu peak is
 # a rough order of magnitude for a few-core machine in float32; override it per host.
+# startup_s of a GPU is an ASSUMPTION, not a measurement (CUDA context, imports, the corpus's
+# sha256, W&B offline, checkpoint and parquet writes): `altgrad calibrate` measures it on the
+# machine. The cpu's comes from the committed reference calibration (REFERENCE_CPU).
+GPU_STARTUP_S = 60.0
 DEVICES: dict[str, Device] = {
-    "h100": Device("h100", peak_flops=989e12, memory_bytes=80e9, price_usd=2.69),
-    "a100": Device("a100", peak_flops=312e12, memory_bytes=80e9, price_usd=1.64),
+    "h100": Device("h100", peak_flops=989e12, memory_bytes=80e9, price_usd=2.69, bandwidth=3.35e12,
+                   fp32_flops=67e12, startup_s=GPU_STARTUP_S),
+    "a100": Device("a100", peak_flops=312e12, memory_bytes=80e9, price_usd=1.64, bandwidth=2.0e12,
+                   fp32_flops=19.5e12, startup_s=GPU_STARTUP_S),
     "cpu": Device("cpu", peak_flops=1e11, memory_bytes=16e9, price_usd=0.0),
 }
 
@@ -111,6 +134,7 @@ def get_device(
                 peak_flops=float(vals["peak_flops"]),
                 memory_bytes=float(vals["memory_bytes"]),
                 price_usd=float(vals["price_usd"]),
+                **{k: float(vals[k]) for k in ("bandwidth", "fp32_flops", "startup_s") if k in vals},
             )
         except KeyError as exc:
             raise AltgradError(f"device spec is missing {exc.args[0]!r}") from None
@@ -147,9 +171,22 @@ def check_mfu(mfu: float) -> float:
 # --------------------------------------------------------------------------------------
 
 
+MEASURED, ASSUMED = "measured", "assumed"  # JobCost.basis
+
+
 @dataclass(frozen=True)
 class JobCost:
-    """What one training job costs."""
+    """What one training job costs.
+
+    ``seconds`` is the estimated wall time of the whole job (``altgrad train``, start to end);
+    ``gpu_hours = seconds / 3600`` and ``usd = gpu_hours * price_usd``. ``basis`` says where
+    ``seconds`` comes from: ``"measured"`` (a calibration file's timings of this kind of job
+    on this device: :mod:`altgrad.experiment.calibration`) or ``"assumed"`` (FLOPs at the
+    BF16 ``mfu`` of the device's peak, times ``overhead``, the simulated recipe's and
+    optimizer's cost relative to native BF16 (1 = native BF16)). ``kind``: the job's kind
+    (what sets the cost of a step; :func:`altgrad.experiment.calibration.kind_key`) when it
+    was priced from a run config.
+    """
 
     name: str
     shape: ModelShape
@@ -163,6 +200,10 @@ class JobCost:
     price_usd: float  # per device-hour
     gpu_hours: float
     usd: float
+    seconds: float = 0.0
+    basis: str = ASSUMED
+    overhead: float = 1.0
+    kind: str | None = None
 
 
 def plan_job(
@@ -174,11 +215,14 @@ def plan_job(
     price: float | None = None,
     *,
     flops_fn: FlopsFn | None = None,
+    overhead: float = 1.0,
 ) -> JobCost:
     """Cost of training ``shape`` on ``tokens`` tokens: FLOPs, device-hours, USD.
 
-    device-hours = FLOPs / (peak · mfu) / 3600; USD = device-hours · price (default: the
-    device's price). Device-hours do not depend on how many devices share the job.
+    device-hours = FLOPs / (peak · mfu) · overhead / 3600; USD = device-hours · price (default:
+    the device's price). ``mfu`` is the BF16 MFU; ``overhead`` the simulated precision's cost
+    relative to native BF16 (1: priced like native BF16). Device-hours do not depend on how
+    many devices share the job.
     """
     shape = ModelShape.from_config(shape)
     dev = get_device(device, price_usd=price)
@@ -186,9 +230,11 @@ def plan_job(
     tokens = float(tokens)
     if not (math.isfinite(tokens) and tokens > 0):
         raise AltgradError(f"job {name!r}: tokens must be a positive number, got {tokens}")
+    if not (math.isfinite(overhead) and overhead > 0):
+        raise AltgradError(f"job {name!r}: overhead must be a positive number, got {overhead}")
     fpt = float((flops_fn or flops_per_token)(shape))
     flops = fpt * tokens
-    hours = flops / (dev.peak_flops * mfu) / 3600.0
+    seconds = flops / (dev.peak_flops * mfu) * overhead
     total, nonembed = param_counts(shape)
     return JobCost(
         name=str(name),
@@ -201,9 +247,19 @@ def plan_job(
         device=dev.name,
         mfu=mfu,
         price_usd=dev.price_usd,
-        gpu_hours=hours,
-        usd=hours * dev.price_usd,
+        gpu_hours=seconds / 3600.0,
+        usd=seconds / 3600.0 * dev.price_usd,
+        seconds=seconds,
+        overhead=float(overhead),
     )
+
+
+def with_seconds(job: JobCost, seconds: float, basis: str, overhead: float | None = None,
+                 kind: str | None = None) -> JobCost:
+    """``job`` with another wall-time estimate (hours and dollars follow)."""
+    hours = float(seconds) / 3600.0
+    return replace(job, seconds=float(seconds), gpu_hours=hours, usd=hours * job.price_usd, basis=basis,
+                   overhead=job.overhead if overhead is None else float(overhead), kind=kind)
 
 
 def eng(x: float, digits: int = 3) -> str:
@@ -272,34 +328,47 @@ def budget_totals(jobs: Iterable[JobCost]) -> BudgetTotals:
     )
 
 
+def duration(seconds: float) -> str:
+    """A wall time for a table: ``14.2s``, ``3.5m``, ``2.40h``."""
+    if not math.isfinite(seconds):
+        return f"{seconds:g}"
+    if seconds < 99.95:
+        return f"{seconds:.1f}s"
+    if seconds < 5997.0:  # 99.95 min shows as "100.0m" otherwise
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.2f}h"
+
+
 def budget_table(jobs: Iterable[JobCost], budget_usd: float | None = None) -> str:
-    """Aligned text table: job, device, params, non-embedding params, tokens, FLOPs
-    (engineering notation), device-hours, USD, and a TOTAL row (plus the budget if given)."""
+    """Aligned text table: job, device, basis (measured | assumed), params, non-embedding
+    params, tokens, FLOPs (engineering notation), estimated wall time, device-hours, USD, and
+    a TOTAL row (plus the budget if given)."""
     jobs = list(jobs)
-    head = ("job", "device", "params", "non-emb", "tokens", "FLOPs", "GPU-h", "USD")
+    head = ("job", "device", "basis", "params", "non-emb", "tokens", "FLOPs", "time", "GPU-h", "USD")
     rows = [
         (
             j.name,
             j.device,
+            j.basis,
             si(j.n_params),
             si(j.n_params_nonembed),
             si(j.tokens),
             eng(j.flops),
+            duration(j.seconds),
             f"{j.gpu_hours:.3f}",
             f"{j.usd:.2f}",
         )
         for j in jobs
     ]
     t = budget_totals(jobs)
-    total = (
-        f"TOTAL ({t.n_jobs} jobs)", "", "", "", si(t.tokens), eng(t.flops), f"{t.gpu_hours:.3f}", f"{t.usd:.2f}"
-    )
+    total = (f"TOTAL ({t.n_jobs} jobs)", "", "", "", "", si(t.tokens), eng(t.flops), duration(t.gpu_hours * 3600.0),
+             f"{t.gpu_hours:.3f}", f"{t.usd:.2f}")
     allrows = [head, *rows, total]
     widths = [max(len(r[i]) for r in allrows) for i in range(len(head))]
 
     def fmt(r: Sequence[str]) -> str:
-        cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
-        cells += [c.rjust(w) for c, w in zip(r[2:], widths[2:])]
+        cells = [r[i].ljust(widths[i]) for i in range(3)]
+        cells += [c.rjust(w) for c, w in zip(r[3:], widths[3:])]
         return "  ".join(cells).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
@@ -409,16 +478,192 @@ def eval_and_shadow_factor(train: TrainConfig, steps: int | None = None) -> floa
     return 1.0 + shadow + eval_tokens / (3.0 * train_tokens)
 
 
+@dataclass(frozen=True)
+class RunEvents:
+    """How often a run of ``steps`` steps pays each per-event cost, counted as the trainer
+    (altgrad.training.trainer) schedules them: an evaluation at every step divisible by
+    ``eval_interval`` and at the last, of ``eval_batches`` batches each; the FP32 shadow pass at
+    every step divisible by ``shadow_interval``; the rank probe at every step divisible by
+    ``rank_interval``; a checkpoint after every ``checkpoint_interval`` steps and after every
+    evaluation that improves the best val loss (counted as if each did: an upper bound), and
+    the final one."""
+
+    steps: int
+    evals: int
+    eval_batches: int  # over the whole run
+    shadows: int
+    ranks: int
+    checkpoints: int
+
+
+def run_events(train: TrainConfig, steps: int | None = None) -> RunEvents:
+    """The trainer's schedule of evaluations, shadow passes, rank probes and checkpoints."""
+    steps = train.max_steps if steps is None else max(int(steps), 1)
+    evals = set(range(0, steps, train.eval_interval)) | {steps - 1}
+    periodic = {s for s in range(train.checkpoint_interval - 1, steps, train.checkpoint_interval)}
+    return RunEvents(
+        steps=steps,
+        evals=len(evals),
+        eval_batches=len(evals) * train.eval_batches,
+        shadows=len(range(0, steps, train.shadow_interval)) if train.shadow_interval else 0,
+        ranks=len(range(0, steps, train.rank_interval)) if train.rank_interval else 0,
+        checkpoints=len(periodic | evals) + 1,
+    )
+
+
+def run_shape(config: RunConfig, data_vocab_size: int) -> ModelShape:
+    """A run's model shape; a null ``model.vocab_size`` is ``data_vocab_size``."""
+    m = config.model
+    return ModelShape(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size,
+                      vocab_size=m.vocab_size or data_vocab_size, bias=m.bias)
+
+
+# --------------------------------------------------------------------------------------
+# The assumed basis: BF16 MFU x the simulated precision's overhead
+# --------------------------------------------------------------------------------------
+#
+# On a GPU there is no measurement here, so the overhead is a memory-traffic model. Eager
+# simulated quantization is a chain of elementwise kernels, each reading and writing the whole
+# tensor in float32, so its time is (elements quantized) x (bytes moved per quantized element)
+# / (memory bandwidth). Bytes per quantized element = eager quantize time / clone() time x 8
+# (clone reads and writes 4 bytes per element), with telemetry on (training records it):
+# bytes = (quantize ms / clone ms) x (1 + telemetry's share) x 8, measured by
+#     python benchmarks/quantize.py --eager-only
+# (16,777,216 float32 elements, 2 threads, median of 7 rounds) on this repository's shared CPU
+# machine, 2026-11-30 08:20 UTC: e.g. e5m2 RNE 178.3 ms, clone 50.1 ms, telemetry +87% -> 53.2 B;
+# SR 308.8 ms, +57% -> 77.4 B. Between rows clone() itself measured 32-60 ms: read the figures
+# as +-30%. QUANT_BYTES below: (nearest, stochastic) per format. A CPU's ratio to clone()
+# stands in for a GPU's: both are memory-bound chains of elementwise passes there.
+# Elements quantized per step, per quantized linear layer (d = n_embd): the weight once per
+# micro-batch (out x in), the activation (in) and the gradient into the output (out) per token;
+# a block's four linears: weights 12 d^2, activations 7 d, gradients 9 d per token (and the
+# lm_head, when not skipped: V d, d, V). The GPU overhead ratio is then 1 + t_sim / t_bf16,
+# t_bf16 = flops_per_token / (peak x mfu). For config/runpod.yaml (6 x 384, batch 64 x 256, H100,
+# mfu 0.3): 2.5 MB of quantize traffic per token for e5m2 -> 0.75 us vs 0.62 us of BF16 compute
+# -> ratio 2.2 (bf16 2.2: its gradients are stochastically rounded and its telemetry recorded
+# through the same simulation; e7m0 2.4). Not modelled: kernel-launch latency of the eager chain
+# (tens of small kernels per quantize call: it adds on top when the GPU outruns the host), the
+# per-layer precision rules (the base recipe's formats are used), the trainer's per-step
+# diagnostics (a few passes over the weights). `altgrad calibrate` on the GPU measures all of it.
+QUANT_BYTES: dict[str, tuple[float, float]] = {
+    "bf16": (57.8, 68.4),
+    "e5m2": (53.2, 77.4),
+    "e4m3": (53.5, 78.7),
+    "e3m4": (45.3, 80.8),
+    "e2m5": (37.4, 52.1),
+    "e1m6": (54.1, 80.0),
+    "e0m7": (41.1, 76.3),
+    "e7m0": (63.4, 85.2),
+    "e8m0": (48.4, 59.4),
+}
+# The optimizer step is memory-bound too: AdamW moves 28 bytes per parameter (float32 p, grad,
+# m, v read; p, m, v written). The geometry-aware optimizers cost more per step, relative to
+# AdamW, both with the trainer's default update diagnostics, eager (as config/runpod.yaml runs),
+# measured by `OMP_NUM_THREADS=1 python benchmarks/optim_step.py` (9.4M parameters, 1 thread,
+# median of 7, the same machine and date): AdamW 18.7 ms, ManifoldAdamW 44.3 ms (2.4x),
+# GridOptim 110.0 ms (5.9x). The extra (ratio - 1) x 28 B per parameter is added per step.
+ADAMW_BYTES_PER_PARAM = 28.0
+OPTIMIZER_RATIO: dict[str, float] = {"adamw": 1.0, "manifold_adamw": 2.4, "grid": 5.9}
+
+REFERENCE_CPU = Path(__file__).parent / "reference_calibration" / "cpu.json"
+REFERENCE_RELATIVE = "altgrad/experiment/reference_calibration/cpu.json"
+
+
+def _quant_bytes(fmt: str | None, rounding: str) -> float:
+    if fmt is None:
+        return 0.0
+    nearest, stochastic = QUANT_BYTES.get(str(fmt), max(QUANT_BYTES.values()))  # an unknown format: the dearest
+    return stochastic if rounding == "stochastic" else nearest
+
+
+def gpu_overhead(config: RunConfig, shape: ModelShape, dev: Device, mfu: float) -> float:
+    """The memory-traffic model's ratio of a simulated step to a native BF16 one (see above)."""
+    if dev.bandwidth <= 0:
+        return 1.0
+    p, d, L, V = config.precision, shape.n_embd, shape.n_layer, shape.vocab_size
+    head = 0 if p.skip_lm_head else 1
+    tokens_per_micro = config.train.batch_size * shape.block_size
+    weights = (12 * d * d * L + head * V * d) / tokens_per_micro  # per token
+    acts = 7 * d * L + head * d
+    grads = 9 * d * L + head * V
+    t_sim = (weights * _quant_bytes(p.weight, p.rounding) + acts * _quant_bytes(p.activation, p.rounding)
+             + grads * _quant_bytes(p.gradient, p.grad_rounding)) / dev.bandwidth
+    n_params, _ = param_counts(shape)
+    extra_opt = OPTIMIZER_RATIO.get(config.optimizer.name, max(OPTIMIZER_RATIO.values())) - 1.0
+    tokens_per_step = tokens_per_micro * config.train.grad_accum
+    t_sim += max(extra_opt, 0.0) * n_params * ADAMW_BYTES_PER_PARAM / dev.bandwidth / tokens_per_step
+    t_bf16 = flops_per_token(shape) / (dev.peak_flops * mfu)
+    return 1.0 + t_sim / t_bf16
+
+
+@functools.cache
+def _reference(path: str) -> Any:
+    from altgrad.experiment.calibration import load_calibration
+
+    return load_calibration(path)
+
+
+def cpu_overhead(config: RunConfig, reference: str | Path = REFERENCE_CPU) -> tuple[float, float]:
+    """(overhead ratio, start-up seconds) on a CPU from the committed reference calibration
+    (``altgrad calibrate`` of config/config.yaml): the step time of the reference kind with this
+    run's formats per site and optimizer over the bf16-AdamW kind's (the tiny model's ratios,
+    applied to any shape); a recipe the reference has not measured gets the dearest ratio of
+    its optimizer (or of all)."""
+    if not Path(reference).is_file():
+        raise AltgradError(
+            f"the reference calibration {reference} (part of altgrad: the assumed CPU basis's overhead ratios) is "
+            f"missing; restore it (git checkout {REFERENCE_RELATIVE}) or make it again with `altgrad calibrate "
+            f"--config config/config.yaml --out {REFERENCE_RELATIVE}`"
+        )
+    ref = _reference(str(reference))
+    return ref.overhead(config), ref.startup_s
+
+
+# --------------------------------------------------------------------------------------
+# A run config's cost
+# --------------------------------------------------------------------------------------
+
+
 def price_run(
-    name: str, config: RunConfig, *, data_vocab_size: int, device: str | Device, mfu: float, price: float | None
+    name: str, config: RunConfig, *, data_vocab_size: int, device: str | Device, mfu: float, price: float | None,
+    calibration: Any = None,
 ) -> JobCost:
-    """What one run costs: its training tokens (steps × batch × grad_accum × block) at
-    flops_per_token of its model, times :func:`eval_and_shadow_factor`. A null
-    ``model.vocab_size`` is ``data_vocab_size`` (the prepared corpus's, or an upper bound)."""
-    m, t = config.model, config.train
-    shape = ModelShape(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size,
-                       vocab_size=m.vocab_size or data_vocab_size, bias=m.bias)
+    """What one run costs, as wall seconds of its job.
+
+    Always: its training tokens (steps × batch × grad_accum × block) and FLOPs (flops_per_token
+    of its model times :func:`eval_and_shadow_factor`). A null ``model.vocab_size`` is
+    ``data_vocab_size`` (the prepared corpus's, or an upper bound).
+
+    ``"measured"`` when ``calibration`` (an :class:`altgrad.experiment.calibration.Calibration`
+    for this device) has timed the run's kind: start-up + steps × step_s + shadow passes ×
+    shadow_s + rank probes × rank_s + eval batches × eval_batch_s + checkpoints ×
+    checkpoint_s (:func:`run_events` counts them). Otherwise ``"assumed"``: training and eval
+    FLOPs at the BF16 ``mfu`` of the device's peak times the recipe's overhead ratio (GPU: the
+    memory-traffic model, :func:`gpu_overhead`; CPU: the reference calibration's measured
+    ratios, :func:`cpu_overhead`), the FP32 shadow passes at its FP32 peak, plus the device's
+    assumed start-up.
+    """
+    t = config.train
+    shape = run_shape(config, data_vocab_size)
     factor = eval_and_shadow_factor(t)
-    tokens = t.max_steps * t.batch_size * t.grad_accum * m.block_size
-    return plan_job(name, shape, tokens, device=device, mfu=mfu, price=price,
-                    flops_fn=lambda s: factor * flops_per_token(s))
+    tokens = t.max_steps * t.batch_size * t.grad_accum * shape.block_size
+    dev = get_device(device, price_usd=price)
+    base = plan_job(name, shape, tokens, device=dev, mfu=mfu, flops_fn=lambda s: factor * flops_per_token(s))
+    timing = calibration.timing(config, data_vocab_size) if calibration is not None else None
+    if timing is not None:
+        return with_seconds(base, timing.job_seconds(config.train, calibration.startup_s), MEASURED,
+                            overhead=timing.step_s / (t.batch_size * t.grad_accum * shape.block_size)
+                            / (flops_per_token(shape) / (dev.peak_flops * mfu)), kind=timing.kind)
+    from altgrad.experiment.calibration import kind_key
+
+    if dev.name == "cpu" and dev.bandwidth <= 0:
+        overhead, startup = cpu_overhead(config)
+    else:
+        overhead, startup = gpu_overhead(config, shape, dev, mfu), dev.startup_s
+    ev = run_events(t)
+    fpt = flops_per_token(shape)
+    per_token = fpt / (dev.peak_flops * mfu) * overhead
+    seconds = (startup + tokens * per_token + ev.eval_batches * t.batch_size * shape.block_size * per_token / 3.0
+               + ev.shadows * t.batch_size * t.grad_accum * shape.block_size * fpt
+               / ((dev.fp32_flops or dev.peak_flops) * mfu))
+    return with_seconds(base, seconds, ASSUMED, overhead=overhead, kind=kind_key(config, data_vocab_size))

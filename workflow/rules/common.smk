@@ -19,6 +19,7 @@ from pathlib import Path
 
 from altgrad.errors import AltgradError, PreparedDataError
 from altgrad.experiment import load_experiment
+from altgrad.experiment.calibration import CALIBRATION_FILE
 from altgrad.experiment.config import (
     merge,
     normalize_scalars,
@@ -67,9 +68,14 @@ def read_config():
     return cfg, files
 
 
+CALIBRATION = CALIBRATION_FILE  # results/calibration.json: `snakemake --cores 1 results/calibration.json`
+
+
 def load():
     """The experiment, checked against the prepared corpus when there is a valid one (block
-    sizes, vocabulary; a damaged meta.json is reported while the jobs are built, below).
+    sizes, vocabulary; a damaged meta.json is reported while the jobs are built, below), and
+    priced from the calibration file when it exists (re-read at every invocation; a damaged
+    one is refused, naming the file and the command that re-creates it).
     """
     cfg, files = read_config()
     corpus = with_defaults(normalize_scalars(cfg)).get("corpus")
@@ -80,7 +86,10 @@ def load():
     except PreparedDataError:
         data_root = None  # missing (prepare makes it) or damaged (check_prepared_corpus says so)
     return load_experiment(
-        cfg, data_root=data_root, source=", ".join(files) or "config"
+        cfg,
+        data_root=data_root,
+        source=", ".join(files) or "config",
+        calibration=CALIBRATION,
     )
 
 
@@ -118,6 +127,8 @@ except AltgradError as error:
     )
 
 LIB_HASH = library_hash()  # source of altgrad.{quantization,nn,optim,training}
+# the merged experiment config, as loaded (the calibrate rule passes it)
+CONFIG = read_config()[0]
 RUNS = EXP.runs  # the comparison matrix: what export and the report read
 SWEEP_RUNS = EXP.sweep_runs  # the scaling study's isoFLOP sweep
 TRAIN_RUNS = EXP.train_runs  # both: what the train rule makes
@@ -213,6 +224,12 @@ def check_prepared_corpus():
 def train_inputs(wildcards):
     """The prepared corpus, after the checks above (this run's budget, the corpus)."""
     check_budget_of([wildcards.run])
+    check_prepared_corpus()
+    return dict(zip(("train", "val", "meta"), DATA_FILES))
+
+
+def calibrate_inputs(wildcards):
+    """The prepared corpus, after the corpus check: the calibration trains on it."""
     check_prepared_corpus()
     return dict(zip(("train", "val", "meta"), DATA_FILES))
 
