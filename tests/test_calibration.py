@@ -186,3 +186,19 @@ def test_damaged_calibration_is_one_line_naming_the_file_and_the_fix(tmp_path, c
     assert main(["plan", "--config", str(config), "--calibration", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"altgrad: error: calibration file {path} is corrupt")
+
+
+def test_h100_matrix_is_priced_as_several_times_native_bf16():
+    """config/runpod.yaml without a calibration: the memory-traffic model (2.2-2.5x) and the host's
+    eager dispatch (2.8-4.6x) put every simulated run at several times its BF16 price, the
+    geometry-aware optimizers above AdamW, no run below the bf16 baseline."""
+    exp = load_experiment(read_config_files([ROOT / "config" / "runpod.yaml"]))
+    jobs = {j.name: j for j in exp.jobs()}
+    assert {j.basis for j in jobs.values()} == {"assumed"}
+    base = jobs["bf16-adamw-s0"]
+    assert 2.0 < base.overhead < 4.0
+    for name, job in jobs.items():
+        assert 2.0 < job.overhead < 6.0 and job.usd >= base.usd, name
+    assert jobs["e5m2-grid-s0"].overhead > jobs["e5m2-manifold-s0"].overhead > jobs["e5m2-adamw-s0"].overhead
+    print("\n" + "\n".join(f"{n}: {j.overhead:.2f}x, {j.seconds / 60:.1f} min, ${j.usd:.3f}"
+                           for n, j in jobs.items() if n.endswith("-s0")))
