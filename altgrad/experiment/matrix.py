@@ -181,8 +181,8 @@ class Experiment:
                 how = (f"BF16 MFU {b['mfu']:g} x the recipe's overhead ratio from the reference calibration "
                        f"{REFERENCE_CPU.relative_to(REFERENCE_CPU.parents[2])}, + its start-up")
             else:
-                how = (f"BF16 MFU {b['mfu']:g} x the recipe's overhead ratio from a memory-traffic model of eager "
-                       f"simulated quantization (altgrad/experiment/pricing.py), + an assumed "
+                how = (f"BF16 MFU {b['mfu']:g} x the recipe's overhead ratio from a model of eager simulated "
+                       f"quantization (memory traffic, host dispatch: altgrad/experiment/pricing.py), + an assumed "
                        f"{get_device(b['device']).startup_s:.0f} s start-up")
             if c is None:
                 why = f"no {CALIBRATION_FILE}; measure with `snakemake --cores 1 {CALIBRATION_FILE}`"
