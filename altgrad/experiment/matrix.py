@@ -48,7 +48,7 @@ from altgrad.experiment.config import (
 from altgrad.experiment.calibration import CALIBRATION_FILE, Calibration, load_calibration
 from altgrad.experiment.pricing import (
     MEASURED,
-    REFERENCE_CPU,
+    REFERENCE_RELATIVE,
     BudgetExceeded,
     JobCost,
     budget_table,
@@ -179,7 +179,7 @@ class Experiment:
         if assumed:
             if b["device"] == "cpu":
                 how = (f"BF16 MFU {b['mfu']:g} x the recipe's overhead ratio from the reference calibration "
-                       f"{REFERENCE_CPU.relative_to(REFERENCE_CPU.parents[2])}, + its start-up")
+                       f"{REFERENCE_RELATIVE}, + its start-up")
             else:
                 how = (f"BF16 MFU {b['mfu']:g} x the recipe's overhead ratio from a model of eager simulated "
                        f"quantization (memory traffic, host dispatch: altgrad/experiment/pricing.py), + an assumed "
@@ -190,8 +190,10 @@ class Experiment:
                 why = (f"{c.path} was measured on {c.device} ({c.hardware}), not budget.device {b['device']}: "
                        "not used")
             else:
+                sweep = "; the scaling sweep's runs: `altgrad calibrate --include-sweep`" if any(
+                    j.name in self.sweep_runs for j in assumed) else ""
                 why = (f"their kinds are not in {c.path}: recalibrate with "
-                       f"`snakemake --cores 1 --forcerun calibrate {CALIBRATION_FILE}`")
+                       f"`snakemake --cores 1 --forcerun calibrate {CALIBRATION_FILE}`{sweep}")
             lines.append(f"ASSUMED: {len(assumed)} of {len(jobs)} rows, {how} ({why})")
         return "\n".join(lines)
 
