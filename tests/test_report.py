@@ -1,6 +1,7 @@
 """The report page built from real short runs: content, numbers, headless-Chromium rendering, speed."""
 
 import base64
+import html
 import io
 import json
 import math
@@ -8,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -216,7 +218,7 @@ def test_the_report_states_the_numbers_of_the_parquet(exported):
     assert "<b>bf16-adamw-s0</b></p><pre>train: {seeds: [0, 1]}</pre>" in page  # the run configs, in the footer
     budget = {row[0]: row for row in tables["budget-table"][1:]}
     job = next(j for j in planned if j.name == "e4m3-adamw-s0")
-    assert budget["e4m3-adamw-s0"][4] == (f"{job.gpu_hours:.2e}" if job.gpu_hours < 0.01 else f"{job.gpu_hours:.3f}")
+    assert budget["e4m3-adamw-s0"][5] == f"{getattr(job, 'seconds', job.gpu_hours * 3600):.3g}"  # wall s planned
     assert "http://" not in page and "https://" not in page and "<script" not in page
 
 
@@ -337,3 +339,130 @@ def test_report_generation_time_at_pipeline_scale(exported, capsys):
               f"{big_metrics.shape[1]} columns -> {len(page) / 1e6:.1f} MB in {elapsed:.1f} s")
     assert all(f"{f}-grid-s0" in page for f in fmts)
     assert elapsed <= 20.0
+
+
+# --------------------------------------------------------------------------- budget: planned vs spent
+
+def _budget(page: str) -> tuple[str, dict[str, dict[str, str]]]:
+    """The error summary above the budget table (its text) and the table's rows by run id."""
+    summary = re.search(r'<p id="budget-error">(.*?)</p>', page, re.DOTALL).group(1)
+    text = html.unescape(" ".join(re.sub(r"<br>", " | ", re.sub(r"<(?!br>)[^>]+>", "", summary)).split()))
+    table = _tables(page)["budget-table"]
+    return text, {row[0]: dict(zip(table[0], row)) for row in table[1:]}
+
+
+def test_a_trained_run_records_what_its_job_cost(exported):
+    root, _ = exported
+    summary = pd.read_parquet(root / "summary.parquet").set_index("run_id")
+    for rid, r in summary.iterrows():
+        on_disk = json.loads((root / "runs" / rid / "summary.json").read_text())
+        assert on_disk["job_wall_s"] == r["job_wall_s"]  # exported as written
+        # the job's processes include the steps, and more: evaluation, start-up, writing
+        assert r["job_wall_s"] > r["wall_time_s"] > 0, rid
+
+
+def test_the_budget_states_spent_over_planned_per_job_and_the_estimates_error(exported):
+    root, _ = exported
+    summary, metrics = pd.read_parquet(root / "summary.parquet"), pd.read_parquet(root / "metrics.parquet")
+    measured = {"bf16-adamw-s0": 0.85, "bf16-adamw-s1": 1.1, "e4m3-adamw-s0": 1.4, "e4m3-adamw-s1": 1.3}
+    assumed = {"e7m0-adamw-s0": 6.0, "e7m0-adamw-s1": 3.0, "e7m0-manifold-s0": 4.5}
+    no_spent, diverged = "e7m0-manifold-s1", DIVERGING
+    ratios = measured | assumed | {no_spent: 2.0, diverged: 0.5}
+    planned_s = {rid: 20.0 + 7 * i for i, rid in enumerate(sorted(ratios))}
+    plan = [{"name": rid, "seconds": planned_s[rid], "basis": "measured" if rid in measured else "assumed",
+             "flops": 1e9, "usd": 0.01, "price_usd": 1.8, "device": "cpu"} for rid in ratios]
+    summary["job_wall_s"] = [planned_s[rid] * ratios[rid] if rid != no_spent else math.nan for rid in summary["run_id"]]
+    page = render_report(summary, metrics, _context(plan))
+    text, rows = _budget(page)
+
+    assert ("calibrated estimate: spent/planned median 1.20 (0.85–1.40) over 4 jobs | "
+            "assumed-MFU estimate: spent/planned median 4.50 (3.00–6.00) over 3 jobs | "
+            "left out of the error: 1 job no spent figure, 1 job diverged (stopped early)") == text
+    for rid, ratio in ratios.items():
+        row = rows[rid]
+        assert row["basis"] == ("measured" if rid in measured else "assumed")
+        assert row["wall s planned"] == f"{planned_s[rid]:.3g}"
+        if rid == no_spent:
+            assert row["wall s spent"] == row["spent / planned"] == row["USD spent"] == "–"
+        else:
+            assert row["wall s spent"] == f"{planned_s[rid] * ratio:.3g}"
+            assert row["spent / planned"].split()[0] == f"{ratio:.2f}"
+            usd = planned_s[rid] * ratio / 3600 * 1.8
+            assert row["USD spent"] == (f"{usd:.2e}" if usd < 0.01 else f"{usd:.3f}")
+        assert row["USD planned"] == "0.010"
+    div_at = summary.set_index("run_id").loc[diverged, "diverged_at"]
+    assert rows[diverged]["spent / planned"] == f"0.50 stopped at step {div_at}"
+    assert rows["total"]["spent / planned"] == "–"  # one job has no spent figure
+
+    # every job spent: the total's ratio is the ratio of the totals
+    summary["job_wall_s"] = [planned_s[r] * ratios[r] for r in summary["run_id"]]
+    _, rows = _budget(render_report(summary, metrics, _context(plan)))
+    total = sum(planned_s[r] * ratios[r] for r in ratios) / sum(planned_s.values())
+    assert rows["total"]["spent / planned"] == f"{total:.2f}"
+    assert rows["total"]["wall s planned"] == f"{sum(planned_s.values()):.3g}"
+
+
+def test_a_plan_for_another_device_is_not_read_as_the_estimates_error(exported):
+    """The fixture's plan prices an H100 and the runs ran on the CPU: each row shows its ratio and
+    says where the run ran; the summary does not call that the estimate's error. A plan without
+    its own seconds is its GPU-hours × 3600, basis assumed."""
+    root, planned = exported
+    summary, metrics = pd.read_parquet(root / "summary.parquet"), pd.read_parquet(root / "metrics.parquet")
+    text, rows = _budget(render_report(summary, metrics, _context(planned)))
+    n_other = sum(s == "completed" for s in summary["status"])
+    assert text == ("the estimate's error is not known: no completed job has both a planned and a spent wall time on the "
+                    "device it was planned for | "
+                    f"left out of the error: 1 job diverged (stopped early), {n_other} jobs ran on another device "
+                    "than planned")
+    job = next(j for j in planned if j.name == "e4m3-adamw-s0")
+    seconds = getattr(job, "seconds", job.gpu_hours * 3600)
+    row, spent = rows["e4m3-adamw-s0"], summary.set_index("run_id").loc["e4m3-adamw-s0", "job_wall_s"]
+    assert row["device"] == "h100 ran on cpu" and row["basis"] == getattr(job, "basis", "assumed")
+    assert row["wall s planned"] == f"{seconds:.3g}" and row["wall s spent"] == f"{spent:.3g}"
+    assert row["spent / planned"] == (f"{spent / seconds:.2f}" if 0.1 <= spent / seconds < 100 else f"{spent / seconds:.3g}")
+
+
+def test_process_age_counts_from_the_process_start(tmp_path):
+    code = ("import time; time.sleep(1.0); from altgrad.training.job_clock import JobClock, process_age; "
+            "c = JobClock(); print(process_age(), c.since, c.total(), JobClock().since)")
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    outside = time.perf_counter() - started
+    age, since, total, second = float(out[0]), out[1] + " " + out[2], float(out[3]), out[4] + " " + out[5]
+    assert 1.0 <= age <= outside + 0.02 and 1.0 <= total <= outside + 0.02  # /proc counts 1/100 s ticks
+    assert since == "process start" and second == "clock made"  # a second clock in one process counts from itself
+
+
+def test_a_resumed_run_sums_the_wall_time_of_both_processes(exported, tmp_path):
+    """Train to a checkpoint in one `altgrad train` process, kill it, resume in a second:
+    job_wall_s holds the first process's share (saved in the checkpoint) and the second's."""
+    import yaml
+
+    from altgrad.training.checkpoint import CheckpointStore
+
+    root, _ = exported
+    cfg = _config(root / "data" / "eurlex-sample", "e4m3", "adamw", 0).to_dict()
+    cfg["train"].update(max_steps=30, checkpoint_interval=10)
+    config, out = tmp_path / "run.yaml", tmp_path / "run"
+    config.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "altgrad.cli", "train", "--config", str(config), "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd)
+    second_ckpt = out / "checkpoints" / "step-00000020.pt"
+    deadline = time.time() + 300
+    while not second_ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert not (out / "summary.json").exists(), "the run finished before it could be killed"
+    saved = CheckpointStore(out / "checkpoints").load_latest("cpu")["trainer"]
+    first, first_steps = saved["job_wall_s"], saved["elapsed"]
+    assert first > first_steps > 0
+
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    second_outside = time.perf_counter() - started
+    done = json.loads((out / "summary.json").read_text())
+    second_steps = done["wall_time_s"] - first_steps
+    assert done["steps"] == 30 and second_steps > 0
+    # both processes' shares, and no more than the second process took beside the first's
+    assert first + second_steps < done["job_wall_s"] <= first + second_outside + 0.02

@@ -4,6 +4,8 @@
 
     steps.parquet   one row per optimizer step (explicit `step`), every metric column
     summary.json    status (completed | diverged), steps, tokens, losses, FLOPs, recipe,
+                    wall_time_s (the steps' time), job_wall_s (the job's processes, start
+                    to summary, summed over resumes: altgrad.training.job_clock),
                     calibration (altgrad.optim.calibration_record; step 0's row has the
                     same per-layer lrs as calib.<layer>), ...
     checkpoints/    resumable state; not a declared pipeline output, so it survives a
@@ -62,6 +64,7 @@ from altgrad.training.checkpoint import CheckpointStore
 from altgrad.training.config import RunConfig
 from altgrad.training.data import BatchSampler, TokenBin, eval_batches, verify_prepared
 from altgrad.training.flops import ModelShape, flops_per_token, param_counts
+from altgrad.training.job_clock import JobClock
 from altgrad.training.model import GPT
 from altgrad.training.provenance import run_provenance
 from altgrad.training.run_lock import ProcessWatch, RunDirLock
@@ -140,6 +143,7 @@ class Trainer:
     """Holds one run's objects; `run()` trains to the end (or to divergence)."""
 
     def __init__(self, cfg: RunConfig, out_dir: str | os.PathLike, run_id: str | None = None):
+        self.job_clock = JobClock()  # the job's wall time (summary's job_wall_s): from the process start
         self.cfg, self.out = cfg, Path(out_dir)
         self.run_id = run_id or self.out.name
         tc = cfg.train
@@ -227,7 +231,8 @@ class Trainer:
             "trainer": {
                 "best_val": self.best_val, "best_train": self.best_train, "nan_streak": self.nan_streak,
                 "nan_checkpointed": self.nan_checkpointed, "rising": self.rising, "last_alert": self.last_alert,
-                "elapsed": self.elapsed, "events": [json.dumps(e) for e in self.events],
+                "elapsed": self.elapsed, "job_wall_s": self.job_clock.total(),
+                "events": [json.dumps(e) for e in self.events],
                 "tracker_id": self.tracker_id or "",
                 "provenance": self.provenance,
                 "status": self.status, "diverged_at": -1 if self.diverged_at is None else self.diverged_at,
@@ -249,6 +254,7 @@ class Trainer:
         self.best_val, self.best_train = t["best_val"], t["best_train"]
         self.nan_streak, self.nan_checkpointed, self.rising = t["nan_streak"], t["nan_checkpointed"], t["rising"]
         self.last_alert, self.elapsed = dict(t["last_alert"]), t["elapsed"]
+        self.job_clock.before = float(t.get("job_wall_s", t["elapsed"]))  # older checkpoints: the steps only
         self.events = [json.loads(e) for e in t["events"]]
         self.tracker_id = t["tracker_id"] or None
         # a diverged run's last checkpoint resumes as diverged (older checkpoints have no status)
@@ -549,6 +555,7 @@ class Trainer:
             "steps": self.step,
             "tokens": tokens,
             "wall_time_s": self.elapsed,
+            "job_wall_s": self.job_clock.total(),
             "final_val_loss": vals[-1] if vals else None,
             "best_val_loss": min(vals) if vals else None,
             "final_val_ppl": math.exp(min(vals[-1], 50)) if vals else None,
