@@ -466,3 +466,67 @@ def test_a_resumed_run_sums_the_wall_time_of_both_processes(exported, tmp_path):
     assert done["steps"] == 30 and second_steps > 0
     # both processes' shares, and no more than the second process took beside the first's
     assert first + second_steps < done["job_wall_s"] <= first + second_outside + 0.02
+
+
+def test_the_report_prices_from_a_calibration_of_its_device(exported, tmp_path):
+    """build_report prices the runs of the kinds a calibration file timed from it (basis measured)
+    and the others on the assumed basis; a calibration of another device prices nothing."""
+    from altgrad.analysis.report import build_report
+    from altgrad.experiment.calibration import kind_key, load_calibration
+
+    root, _ = exported
+    corpus = root / "data" / "eurlex-sample"
+    vocab = json.loads((corpus / "meta.json").read_text())["vocab_size"]
+    configs, kinds = [], {}
+    for fmt, opt, seed in RUNS:
+        rid = f"{fmt}-{SHORT[opt]}-s{seed}"
+        cfg = _config(corpus, fmt, opt, seed)
+        path = tmp_path / "configs" / rid / "config.yaml"
+        path.parent.mkdir(parents=True)
+        path.write_text(cfg.to_yaml())
+        configs.append(path)
+        if fmt != "e7m0":  # e7m0 was not calibrated: its runs stay assumed
+            step = 0.05 if fmt == "bf16" else 0.12
+            kinds[kind_key(cfg, vocab)] = {"step_s": step, "shadow_s": 0.03, "rank_s": 0.01, "eval_batch_s": 0.004,
+                                           "checkpoint_s": 0.02, "tokens_per_s": 128 / step, "steps_timed": 20,
+                                           "runs": [rid], "recipe": {"weight": fmt, "activation": fmt, "gradient": fmt,
+                                                                     "optimizer": opt}}
+
+    def calibration(device: str) -> Path:
+        path = tmp_path / f"calibration-{device}.json"
+        path.write_text(json.dumps({"version": 1, "device": device, "hardware": "test box", "torch": "x", "threads": 1,
+                                    "date": "2026-11-30T08:00:00Z", "startup_s": 2.5, "kinds": kinds}))
+        return path
+
+    summary = pd.read_parquet(root / "summary.parquet").set_index("run_id")
+    calib = load_calibration(calibration("cpu"))
+    expected = {}  # run id -> seconds planned from the calibration
+    for fmt, opt, seed in RUNS:
+        cfg = _config(corpus, fmt, opt, seed)
+        if (timing := calib.timing(cfg, vocab)) is not None:
+            expected[f"{fmt}-{SHORT[opt]}-s{seed}"] = timing.job_seconds(cfg.train, 2.5)
+    assert len(expected) == 5
+
+    out = build_report(root / "summary.parquet", root / "metrics.parquet", tmp_path / "report.html",
+                       run_configs=configs, corpus_meta=corpus / "meta.json", device="cpu", calibration=calibration("cpu"))
+    text, rows = _budget(out.read_text())
+    for rid, row in rows.items():
+        if rid == "total":
+            continue
+        assert row["basis"] == ("measured" if rid in expected else "assumed"), rid
+        if rid in expected:
+            assert row["wall s planned"] == f"{expected[rid]:.3g}"
+    ratios = sorted(summary.loc[rid, "job_wall_s"] / s for rid, s in expected.items() if rid != DIVERGING)
+
+    def two(v: float) -> str:
+        return f"{v:.2f}" if 0.1 <= v < 100 else f"{v:.3g}"
+
+    assert text.startswith(f"calibrated estimate: spent/planned median {two(float(np.median(ratios)))} "
+                           f"({two(ratios[0])}–{two(ratios[-1])}) over 4 jobs | assumed-MFU estimate: ")
+    assert "over 4 jobs | left out of the error: 1 job diverged (stopped early)" in text
+
+    out = build_report(root / "summary.parquet", root / "metrics.parquet", tmp_path / "report.html",
+                       run_configs=configs, corpus_meta=corpus / "meta.json", device="cpu", calibration=calibration("h100"))
+    text, rows = _budget(out.read_text())
+    assert {row["basis"] for rid, row in rows.items() if rid != "total"} == {"assumed"}
+    assert "calibrated" not in text

@@ -681,8 +681,8 @@ def _budget_section(runs: pd.DataFrame, ctx: ReportContext) -> str:
     note = ("Planned: the budget planner's estimate of each job's wall seconds before the runs; basis measured: "
             "from the calibration file (`altgrad calibrate`) of the device, assumed: from the job's FLOPs at an "
             "assumed MFU. Spent: the wall seconds of the `altgrad train` processes that made the run, from process "
-            "start to the summary written, summed over resumes (job_wall_s; a summary written before it existed has "
-            "none); USD at the plan's hourly rate. spent/planned > 1: the job took longer than planned. FLOPs "
+            "start to the summary written (not the interpreter's exit after it), summed over resumes (job_wall_s; a "
+            "summary written before it existed has none); USD at the plan's hourly rate. spent/planned > 1: the job took longer than planned. FLOPs "
             "spent = the trainer's count for the tokens actually trained (a diverged run stops early).")
     if not planned:
         note += " No plan was given to the report, so only the spent columns are filled."

@@ -5,8 +5,9 @@
 attribution and figures (altgrad.analysis.verdict / plots), and renders the page
 (altgrad.analysis.html) with what the tables cannot tell: the corpus (its ``meta.json``),
 each run's resolved config (its ``config.yaml``) and the budget planned for it, priced from
-that config exactly as the pipeline's budget table prices it (altgrad.experiment.pricing),
-against what was spent. The figures are also written as PNGs for Snakemake's own report.
+that config exactly as the pipeline's budget table prices it (altgrad.experiment.pricing; from
+the calibration file, results/calibration.json, when it exists and was measured on the budget's
+device), against what was spent. The figures are also written as PNGs for Snakemake's own report.
 
 `build_scaling_report` does the same for the scaling study (``results/scaling/``): the sweep's
 runs -> per-format fits (altgrad.analysis.scaling_study) -> tables, figure and page
@@ -29,6 +30,7 @@ from altgrad.analysis.scaling_page import render_page, render_section, scaling_f
 from altgrad.analysis.scaling_study import chinchilla_frame, collect_points, fit_sweep, fits_frame
 from altgrad.analysis.verdict import build_verdict
 from altgrad.errors import AltgradError
+from altgrad.experiment.calibration import CALIBRATION_FILE, load_calibration
 from altgrad.experiment.pricing import get_device, price_run
 from altgrad.files import atomic_open, atomic_write
 from altgrad.training.config import RunConfig
@@ -51,14 +53,18 @@ def build_report(
     budget_usd: float | None = None,
     command: str | None = None,
     figures_dir: str | os.PathLike | None = None,
+    calibration: str | os.PathLike | None = CALIBRATION_FILE,
 ) -> Path:
     """Write ``out_html`` (atomically) from the exported summary and metrics tables.
 
     ``run_configs``: the runs' ``config.yaml`` files (``<run dir named by its id>/config.yaml``),
     shown on the page and priced on ``device`` at ``mfu`` and ``price`` per hour (null: the
     device's), with the vocabulary of ``corpus_meta`` where a config leaves it null;
-    ``budget_usd`` is the cap shown beside them. ``command`` is shown in the footer; figures
-    also go to ``figures_dir`` as PNGs when given.
+    ``budget_usd`` is the cap shown beside them. ``calibration``: a calibration file
+    (``altgrad calibrate``; default the pipeline's, relative to the working directory as for
+    ``altgrad plan``): when it exists and was measured on ``device``, the runs of the kinds it
+    timed are priced from it (basis measured), as the budget table does; None: assumed only.
+    ``command`` is shown in the footer; figures also go to ``figures_dir`` as PNGs when given.
     """
     for path in (summary_path, metrics_path):
         if not Path(path).exists():
@@ -67,8 +73,10 @@ def build_report(
     meta = json.loads(Path(corpus_meta).read_text()) if corpus_meta is not None else None
     vocab = int(meta["vocab_size"]) if meta else GPT2_VOCAB_SIZE
     dev = get_device(device, peak_flops=peak_flops)
+    calib = load_calibration(calibration) if calibration is not None and Path(calibration).exists() else None
+    calib = calib if calib is not None and calib.device == dev.name else None  # another device's: not this plan's
     configs = {Path(p).parent.name: RunConfig.from_yaml(p) for p in run_configs}
-    planned = [price_run(rid, cfg, data_vocab_size=vocab, device=dev, mfu=mfu, price=price)
+    planned = [price_run(rid, cfg, data_vocab_size=vocab, device=dev, mfu=mfu, price=price, calibration=calib)
                for rid, cfg in configs.items()]
     models = [cfg.to_dict()["model"] for cfg in configs.values()]
     context = ReportContext.collect(
