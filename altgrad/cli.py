@@ -370,6 +370,7 @@ def _run_plan(args: argparse.Namespace) -> None:
             exp.check_budget()
         return
     from altgrad.experiment.planning import plan_budget
+    from altgrad.experiment.pricing import dollars
 
     plan = plan_budget(exp.runs.values(), exp.budget, args.budget_usd, meta=exp.meta, device=args.device,
                        price=args.price, mfu=args.mfu, formats=args.formats, fits_path=args.fits,
@@ -377,10 +378,11 @@ def _run_plan(args: argparse.Namespace) -> None:
                        attention=args.attention)
     print(plan.describe())
     if plan.refused:
-        by_reason: dict[str, list[str]] = {}  # formats that share a law are refused for one reason
-        for f in plan.refused:
-            by_reason.setdefault(f.refused, []).append(f.format)
-        raise AltgradError("infeasible plan for " + "; ".join(f"{', '.join(fs)}: {why}" for why, fs in by_reason.items()))
+        least = [f.least_usd for f in plan.refused]
+        raise AltgradError(
+            f"infeasible plan for {', '.join(f.format for f in plan.refused)} (each reason is printed above, "
+            "REFUSED); " + (f"the least budget that works for every format is {dollars(max(least))}"
+                            if None not in least else "for some, no budget up to 1e12 times this one works"))
 
 
 # ---------------------------------------------------------------------------------------

@@ -311,7 +311,11 @@ def test_plan_uses_the_fitted_law_when_fits_exist_and_chinchilla_otherwise(tmp_p
         job = next(j for j in plan.jobs if j.name in f.run_ids)
         ref = plan_job("x", p.shape, p.tokens, "h100", 0.3, 2.69,
                        flops_fn=lambda s, k=f.eval_shadow_factor: k * flops_per_token(s))
-        assert job.usd == pytest.approx(ref.usd) and job.usd == pytest.approx(p.usd_per_run, rel=2e-3)
+        # the planned run's FLOPs, priced as the budget table prices it: never as native BF16
+        assert job.flops == pytest.approx(ref.flops, rel=2e-3) and job.basis == "assumed"
+        assert job.overhead > 1 and job.usd > ref.usd
+        # the format's runs stay within its share of the budget (split evenly over the runs)
+        assert sum(j.usd for j in plan.jobs if j.name in f.run_ids) <= 20.0 * len(f.run_ids) / 3 + 1e-9
     bf16 = next(f for f in plan.formats if f.format == "bf16").plan
     assert bf16.n_target == pytest.approx(fits["bf16"].size.predict_n(bf16.flops_per_run))
 
@@ -331,7 +335,8 @@ def test_plan_uses_the_fitted_law_when_fits_exist_and_chinchilla_otherwise(tmp_p
     code, _, err = run_cli(*args, "--formats", "e2m5")
     assert code == 2 and "not in the configured matrix" in err
     code, out, err = run_cli(*args[:-2], "--budget-usd", "0.0000001")
-    assert code == 2 and "REFUSED" in out and "too little for even the smallest shape" in err
+    assert code == 2 and "REFUSED" in out and "too little for even the smallest shape" in out
+    assert "infeasible plan for bf16, e4m3, e5m2" in err and "the least budget that works for every format is $" in err
     code, _, err = run_cli("plan", "--config", cfg_path, "--budget-usd", "20")  # the config's cpu costs $0/h
     assert code == 2 and "--price" in err
 

@@ -23,11 +23,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from altgrad.errors import AltgradError
+from altgrad.experiment.calibration import kind_runs
 from altgrad.experiment.pricing import (
     DEFAULT_MFU,
     Device,
@@ -40,11 +41,15 @@ from altgrad.experiment.pricing import (
     get_device,
     memory_estimate,
     plan_job,
+    price_run,
     si,
 )
 from altgrad.experiment.runs import Run
 from altgrad.scaling_laws import PowerLaw, size_at_tokens_per_param, unphysical_reason
 from altgrad.training.flops import FlopsFn, ModelShape, flops_per_token, flops_per_token_by_size, param_counts
+
+if TYPE_CHECKING:
+    from altgrad.training.config import RunConfig
 
 __all__ = [
     "BudgetPlan",
@@ -469,6 +474,9 @@ class FormatPlan:
     plan: ComputePlan | None
     refused: str = ""  # InfeasiblePlan message
     eval_shadow_factor: float = 1.0  # FLOPs per training token charged on top (eval_and_shadow_factor)
+    jobs: list[JobCost] = field(default_factory=list)  # its runs at the plan, priced as the pipeline prices them
+    native_usd: float = 0.0  # the budget the plan was sized for at native BF16 speed (<= its share)
+    least_usd: float | None = None  # refused: the least budget (over all the matrix's runs) that works
 
 
 @dataclass
@@ -512,8 +520,13 @@ class BudgetPlan:
             assert f.plan is not None
             body = f.plan.describe().splitlines()[1:]  # the header line is the split, printed above
             lines += [ln for ln in body if not ln.startswith("cost per run")]
-            lines.append(f"cost per run: {f.plan.gpu_hours_per_run:.2f} GPU-h, ${f.plan.usd_per_run:.2f} "
-                         f"(x{len(ids)} = ${f.plan.usd_per_run * len(ids):.2f})")
+            total = sum(j.usd for g in group for j in g.jobs)
+            share = self.split.budget_usd * len(ids) / self.split.n_runs
+            lines.append(f"cost: ${total:.2f} for the {len(ids)} run(s) ({', '.join(sorted({j.basis for j in f.jobs}))}, "
+                         f"as the budget table prices them: {min(j.overhead for j in f.jobs):.2g}-"
+                         f"{max(j.overhead for j in f.jobs):.2g}x native BF16 and each job's start-up); sized "
+                         f"as if ${f.native_usd * len(ids) / len(f.run_ids):.2f} of native BF16 compute, so "
+                         f"that the price stays within their ${share:.2f} share")
             if f.eval_shadow_factor != 1.0:
                 lines.append(f"eval/shadow passes: x{f.eval_shadow_factor:.3f} FLOPs per training token")
         shapes = {(f.plan.shape, f.plan.steps) for f in self.formats if f.plan is not None}
@@ -522,9 +535,83 @@ class BudgetPlan:
                            "run.model (same shape, seed and data order), so use one plan for run.model (e.g. "
                            "bf16's), or these per-format plans for a compute-optimal comparison.")]
         if self.jobs:
-            lines += ["", "budget table (the pipeline's computation: altgrad.experiment.pricing.plan_job):",
+            lines += ["", "budget table (the pipeline's computation: altgrad.experiment.pricing.price_run):",
                       budget_table(self.jobs, budget_usd=self.split.budget_usd)]
         return "\n".join(lines)
+
+
+def planned_config(config: RunConfig, plan: ComputePlan) -> RunConfig:
+    """``config`` made the planned run, for pricing: the plan's shape, steps and batch (and the
+    warm-up cut to the steps if it is longer). Not validated again: the plan's values are."""
+    s, t = plan.shape, config.train
+    model = replace(config.model, n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd, block_size=s.block_size,
+                    vocab_size=s.vocab_size)
+    train = replace(t, max_steps=plan.steps, batch_size=plan.batch_size, grad_accum=1,
+                    warmup_steps=min(t.warmup_steps, plan.steps - 1))
+    return replace(config, model=model, train=train)
+
+
+def _within_share(plan_format: Callable[[float], tuple[ComputePlan, float]],
+                  priced: Callable[[ComputePlan], list[JobCost]], budget_usd: float, share_usd: float
+                  ) -> tuple[ComputePlan, float, float, list[JobCost]]:
+    """The plan whose runs, priced as the budget table prices them, cost at most ``share_usd``.
+
+    The planner sizes runs for native BF16 compute (``budget_usd`` of it over all runs); a
+    simulated format's overhead and each job's start-up make the price more, so the plan is
+    sized again for less: the largest native budget u whose plan exists (u at least some
+    least L) and whose price fits (u at most some u*), found by bisection to 0.1%. Raises the
+    planner's refusal (a _TooSmall) when no such u exists: then L > u*."""
+    def attempt(usd: float):
+        """(plan, factor, jobs, fits) at ``usd``, or None when no shape is large enough."""
+        try:
+            plan, factor = plan_format(usd)
+        except _TooSmall:
+            return None
+        jobs = priced(plan)
+        return plan, factor, jobs, sum(j.usd for j in jobs) <= share_usd
+
+    plan, factor = plan_format(budget_usd)  # too small even before the price: the caller's refusal
+    jobs = priced(plan)
+    cost = sum(j.usd for j in jobs)
+    if cost <= share_usd:
+        return plan, factor, budget_usd, jobs
+    hi, lo, small = budget_usd, budget_usd * share_usd / cost, None
+    while True:  # step down until the price fits, or no plan exists (start-up makes the price shrink slower)
+        got = attempt(lo)
+        if got is None:
+            small = lo
+            break
+        if got[3]:
+            break
+        hi, lo = lo, lo / 2
+    if small is not None:  # between a budget with no plan and one over the price: find one that is neither
+        lo, got = small, None
+        while hi / lo > 1.001:
+            mid = math.sqrt(lo * hi)
+            got = attempt(mid)
+            if got is None:
+                lo = mid
+            elif got[3]:
+                lo = mid
+                break
+            else:
+                hi = mid
+        if got is None or not got[3]:
+            try:
+                plan_format(small)
+            except _TooSmall as e:
+                raise _TooSmall(f"priced as the budget table prices it (simulated overhead, job start-up), "
+                                f"{dollars(share_usd)} for these runs leaves {dollars(small)} of native BF16 "
+                                f"compute over the matrix: {e}") from None
+    best = (got[0], got[1], lo, got[2])
+    while hi / lo > 1.001:
+        mid = math.sqrt(lo * hi)
+        got = attempt(mid)
+        if got is not None and got[3]:
+            lo, best = mid, (got[0], got[1], mid, got[2])
+        else:
+            hi = mid
+    return best
 
 
 def plan_budget(
@@ -622,27 +709,48 @@ def plan_budget(
                 factor = new
             return plan, eval_and_shadow_factor(cfg.train, plan.steps)  # what the pipeline's table charges
 
-        plan, refused, factor = None, "", 1.0
+        kinds = kind_runs(runs, vocab)  # runs of one kind cost the same: price one of each
+
+        def priced(plan: ComputePlan, kinds=kinds) -> list[JobCost]:
+            """The runs at ``plan``, priced by the budget table's own function: simulated formats at
+            their overhead over native BF16, plus each job's start-up."""
+            jobs = []
+            for same in kinds.values():
+                job = price_run(same[0].run_id, planned_config(same[0].config, plan),
+                                data_vocab_size=plan.shape.vocab_size, device=dev, mfu=split.mfu, price=None)
+                jobs += [replace(job, name=r.run_id) for r in same]
+            return jobs
+
+        share = split.budget_usd * len(runs) / split.n_runs
+        plan, refused, factor, native, fmt_jobs, least = None, "", 1.0, split.budget_usd, [], None
         try:
-            plan, factor = plan_format(split.budget_usd)
+            plan, factor, native, fmt_jobs = _within_share(plan_format, priced, split.budget_usd, share)
         except _TooSmall as e:
-            def accepts(usd: float, plan_format=plan_format) -> bool:
+            def has_plan(usd: float, plan_format=plan_format) -> bool:
                 try:
                     plan_format(usd)
                 except InfeasiblePlan:
                     return False
                 return True
 
-            least = least_budget(accepts, split.budget_usd)
+            def accepts(usd: float, plan_format=plan_format, priced=priced, runs=runs) -> bool:
+                try:
+                    _within_share(plan_format, priced, usd, usd * len(runs) / split.n_runs)
+                except InfeasiblePlan:
+                    return False
+                return True
+
+            least = least_budget(has_plan, split.budget_usd)  # native compute: a lower bound of the price
+            if least is not None:  # the least the table's price accepts, searched up from the smallest plan's
+                least = least_budget(accepts, 0.8 * sum(j.usd for j in priced(plan_format(least)[0]))
+                                     * split.n_runs / len(runs))
             refused = f"{e}; " + (
                 f"the least budget that works is {dollars(least)} for these {split.n_runs} run(s) (or plan fewer runs: "
                 "--formats)" if least is not None else "no budget up to 1e12 times this one works")
         except InfeasiblePlan as e:
             refused = str(e)
-        plans.append(FormatPlan(fmt, [r.run_id for r in runs], source, plan, refused, factor))
-        if plan is not None:
-            for r in runs:
-                jobs.append(plan_job(r.run_id, plan.shape, plan.tokens, device=dev, mfu=split.mfu,
-                                     flops_fn=lambda s, f=factor: f * flops_per_token(s, attention=attention)))
+        plans.append(FormatPlan(fmt, [r.run_id for r in runs], source, plan, refused, factor, fmt_jobs,
+                                native * len(runs) / split.n_runs, least if refused else None))
+        jobs += fmt_jobs
     return BudgetPlan(split=split, fits_path=fits_path, fits_found=found, formats=plans, jobs=jobs,
                       attention=attention)

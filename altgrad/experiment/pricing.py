@@ -42,6 +42,7 @@ __all__ = [
     "MemoryEstimate",
     "budget_table",
     "budget_totals",
+    "cent_decimals",
     "check_budget",
     "dollars",
     "duration",
@@ -279,7 +280,7 @@ def eng(x: float, digits: int = 3) -> str:
     return f"{sign}{mant:.{decimals}f}e{exp3}"
 
 
-def _cent_decimals(x: float) -> int:
+def cent_decimals(x: float) -> int:
     """Decimals that show ``x`` in dollars: cents, or 2 significant digits below one cent."""
     if x == 0 or not math.isfinite(x) or abs(x) >= 0.01:
         return 2
@@ -288,7 +289,7 @@ def _cent_decimals(x: float) -> int:
 
 def dollars(x: float) -> str:
     """Dollars with cents, or 2 significant digits below one cent (``$0.0000015``)."""
-    return f"${x:.{_cent_decimals(x)}f}"
+    return f"${x:.{cent_decimals(x)}f}"
 
 
 def si(x: float) -> str:
@@ -396,7 +397,7 @@ def check_budget(jobs: Iterable[JobCost], budget_usd: float) -> float:
     over = total - budget_usd
     # as many decimals as it takes to show the two amounts (and that they differ): never
     # "$0.00 exceeds the budget $0.00 by $0.00"
-    d = max(_cent_decimals(total), _cent_decimals(budget_usd))
+    d = max(cent_decimals(total), cent_decimals(budget_usd))
     while round(total, d) == round(budget_usd, d) and d < 15:
         d += 1
     biggest = sorted(jobs, key=lambda j: j.usd, reverse=True)[:3]
