@@ -9,6 +9,7 @@ stderr, exit code 2, no traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -525,5 +526,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(code or 0)
 
 
+def entry() -> None:
+    """The `altgrad` command: :func:`main`, then the process ends without tearing the interpreter
+    down. With torch loaded that teardown costs 0.9 s of every process here (2.4 vs 3.3 s for a
+    script that imports the trainer and takes one AdamW step), 6% of a default train job, and
+    nothing is left to do by then: every file is written and closed by the commands. W&B keeps
+    its normal exit (its service is stopped by an exit hook)."""
+    code = main()
+    if "wandb" in sys.modules:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
