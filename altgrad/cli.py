@@ -423,7 +423,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_calibrate(args: argparse.Namespace) -> None:
-    from altgrad.experiment.calibration import calibrate
+    from altgrad.experiment.calibrate import calibrate
 
     if args.experiment_json is not None:
         import json

@@ -20,7 +20,8 @@ from altgrad.errors import AltgradError
 from altgrad.experiment import load_experiment, read_config_files
 from altgrad.experiment.calibration import CALIBRATION_VERSION, kind_key, load_calibration
 from altgrad.experiment.matrix import RUNTIME_MARGIN, RUNTIME_SLACK_MIN
-from altgrad.experiment.pricing import REFERENCE_CPU, run_events
+from altgrad.experiment.calibration import run_events
+from altgrad.experiment.pricing import REFERENCE_CPU
 from altgrad.training.tokenizer import GPT2_VOCAB_SIZE
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from altgrad.errors import AltgradError
+from altgrad.experiment.calibration import kind_key, load_calibration, run_events
 from altgrad.training.flops import FlopsFn, ModelShape, flops_per_token, param_counts
 
 if TYPE_CHECKING:
@@ -52,7 +53,6 @@ __all__ = [
     "memory_estimate",
     "plan_job",
     "price_run",
-    "run_events",
     "run_shape",
     "with_seconds",
     "si",
@@ -479,39 +479,6 @@ def eval_and_shadow_factor(train: TrainConfig, steps: int | None = None) -> floa
     return 1.0 + shadow + eval_tokens / (3.0 * train_tokens)
 
 
-@dataclass(frozen=True)
-class RunEvents:
-    """How often a run of ``steps`` steps pays each per-event cost, counted as the trainer
-    (altgrad.training.trainer) schedules them: an evaluation at every step divisible by
-    ``eval_interval`` and at the last, of ``eval_batches`` batches each; the FP32 shadow pass at
-    every step divisible by ``shadow_interval``; the rank probe at every step divisible by
-    ``rank_interval``; a checkpoint after every ``checkpoint_interval`` steps and after every
-    evaluation that improves the best val loss (counted as if each did: an upper bound), and
-    the final one."""
-
-    steps: int
-    evals: int
-    eval_batches: int  # over the whole run
-    shadows: int
-    ranks: int
-    checkpoints: int
-
-
-def run_events(train: TrainConfig, steps: int | None = None) -> RunEvents:
-    """The trainer's schedule of evaluations, shadow passes, rank probes and checkpoints."""
-    steps = train.max_steps if steps is None else max(int(steps), 1)
-    evals = set(range(0, steps, train.eval_interval)) | {steps - 1}
-    periodic = {s for s in range(train.checkpoint_interval - 1, steps, train.checkpoint_interval)}
-    return RunEvents(
-        steps=steps,
-        evals=len(evals),
-        eval_batches=len(evals) * train.eval_batches,
-        shadows=len(range(0, steps, train.shadow_interval)) if train.shadow_interval else 0,
-        ranks=len(range(0, steps, train.rank_interval)) if train.rank_interval else 0,
-        checkpoints=len(periodic | evals) + 1,
-    )
-
-
 def run_shape(config: RunConfig, data_vocab_size: int) -> ModelShape:
     """A run's model shape; a null ``model.vocab_size`` is ``data_vocab_size``."""
     m = config.model
@@ -634,7 +601,6 @@ def _quant_ops(fmt: str | None, rounding: str) -> int:
 
 @functools.cache
 def _reference(path: str) -> Any:
-    from altgrad.experiment.calibration import load_calibration
 
     return load_calibration(path)
 
@@ -690,8 +656,6 @@ def price_run(
         return with_seconds(base, timing.job_seconds(config.train, calibration.startup_s), MEASURED,
                             overhead=timing.step_s / (t.batch_size * t.grad_accum * shape.block_size)
                             / (flops_per_token(shape) / (dev.peak_flops * mfu)), kind=timing.kind)
-    from altgrad.experiment.calibration import kind_key
-
     if dev.name == "cpu" and dev.bandwidth <= 0:
         overhead, startup = cpu_overhead(config)
     else:
