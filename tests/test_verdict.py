@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import t as student_t
+from scipy.stats import ttest_1samp
 
 from altgrad.analysis.html import render_report
-from altgrad.analysis.run_table import early_eval, run_table, warmup_steps
+from altgrad.analysis.run_table import early_eval, holm, paired, run_table, warmup_steps
 from altgrad.analysis.verdict import NO_CI, build_verdict
 
 LN_V = math.log(5000)
@@ -124,6 +125,32 @@ def test_a_clear_winner_over_three_seeds_is_named_with_its_paired_difference():
     mean, ci = _fmt_ci(np.subtract([0.010, 0.012, 0.011], [0.100, 0.108, 0.095]))
     assert f"paired difference {mean} nats (95% CI {ci}, 3 seeds)" in text and "excludes 0" in text
     assert "worse than BF16: e4m3 +0.0110, e5m2 +0.1010, e0m7 +0.3000" in text  # each own gap excludes 0
+
+
+def test_holm_adjusts_a_family_as_computed_by_hand():
+    # sorted 0.01, 0.03, 0.04: 3 x 0.01 = 0.03; 2 x 0.03 = 0.06; 1 x 0.04 = 0.04 -> kept at 0.06 (monotone)
+    assert holm([0.01, 0.04, 0.03, math.nan]) == pytest.approx([0.03, 0.06, 0.06, math.nan], nan_ok=True)
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    deltas = {0: -0.010, 1: -0.014, 2: -0.018}
+    assert paired(deltas).p_value == pytest.approx(ttest_1samp(list(deltas.values()), 0.0).pvalue)
+
+
+def test_a_gap_whose_interval_excludes_zero_alone_is_not_established_over_a_family():
+    """Six formats' gaps to BF16: one tight and large (established), one whose own interval
+    excludes 0 (p 0.026) but not after Holm's correction over the six (x5: 0.13), four noise."""
+    strong, marginal = [-0.1000, -0.1010, -0.1005], [-0.010, -0.014, -0.018]
+    noise = [[0.05, -0.05, 0.01], [0.03, -0.02, -0.04], [-0.06, 0.04, 0.02], [0.02, 0.05, -0.07]]
+    specs = _arm("bf16", [0, 0, 0]) + _arm("e4m3", strong) + _arm("e5m2", marginal)
+    for fmt, gaps in zip(("e3m4", "e2m5", "e0m7", "e7m0"), noise):
+        specs += _arm(fmt, gaps)
+    text = _text(_verdict(specs), "Which format wins")
+    p = [ttest_1samp(g, 0.0).pvalue for g in (strong, marginal, *noise)]
+    assert p[1] < 0.05 and sorted(p).index(p[1]) == 1  # second smallest: Holm multiplies it by 5
+    p_holm = max(6 * p[0], 5 * p[1])
+    assert 0.05 < p_holm
+    assert "Holm's correction over the 6 formats keeps it): better than BF16: e4m3 -0.1005." in text
+    assert (f"Its own CI excludes 0, but not after Holm's correction over the 6 formats: e5m2 -0.0140 "
+            f"(p {p[1]:.3f}, Holm {p_holm:.2f})") in text
 
 
 def test_noise_yields_not_distinguishable():

@@ -268,6 +268,13 @@ def _yes_no(x: Any) -> str:
     return ("–" if x is None or _missing(x) else '<span class="yes">yes</span>' if x else '<span class="no">no</span>')
 
 
+def _p_cell(p: float, p_holm: float) -> str:
+    """The paired t-test's p and, in brackets, its Holm-adjusted p over the table's family."""
+    if _missing(p) or not math.isfinite(p):
+        return "–"
+    return f"{p:.3f} ({p_holm:.2f})" if not _missing(p_holm) and math.isfinite(p_holm) else f"{p:.3f}"
+
+
 def _verdict_section(v: Verdict) -> str:
     paras = "".join(f'<p class="flag"><b>⚠ {esc(h)}.</b> {esc(t)}</p>' if h in v.flags else
                     f"<p><b>{esc(h)}.</b> {esc(t)}</p>" for h, t in v.lines)
@@ -286,15 +293,18 @@ def _verdict_section(v: Verdict) -> str:
                        if p.n else "–")
             rows.append([str(int(r["rank"])), esc(r["format"]), esc(optimizer_name(r["optimizer"])),
                          fmt_num(r["mean"], "gap" if rk.metric == "gap_to_bf16" else "loss"),
-                         esc(_ci_cell(r["ci_low"], r["ci_high"], int(r["n"]))),
+                         esc(_ci_cell(r["ci_low"], r["ci_high"], int(r["n"]))), _p_cell(r["p"], r["p_holm"]),
                          f"{int(r['n'])} of {int(r['n_seeds'])}", esc(nxt)]
                         + ([f"×{r['lr_multiplier']:g}"] if multi else []) + [esc(r["diverged"] or "–")])
         out.append(f"<h3>Ranking of formats by {esc(what)}, {esc(optimizer_name(rk.optimizer))} runs</h3>")
         out.append('<p class="sub">Each format\'s gap is paired by seed with the BF16 run of the same seed (same '
                    "initial weights and batches). <i>vs next</i>: this format minus the next one, paired by seed, with "
-                   "its 95% CI; a format is named first only when that interval excludes 0.</p>")
+                   "its 95% CI; a format is named first only when that interval excludes 0. <i>p (Holm)</i>: the "
+                   "paired t-test's p of the gap and, in brackets, Holm-adjusted over the formats; a gap is "
+                   "called established only when the adjusted p is below 0.05.</p>")
         out.append(table([("rank", False), ("format", True), ("optimizer", True), ("mean " + what, False),
-                           ("95% CI (t, over seeds)", True), ("seeds used", False), ("vs next (paired)", False)]
+                           ("95% CI (t, over seeds)", True), ("p (Holm)", False), ("seeds used", False),
+                           ("vs next (paired)", False)]
                           + ([("lr multiplier", False)] if multi else []) + [("diverged", True)], rows,
                           row_classes=["diverged" if r["n_diverged"] else "" for _, r in t.iterrows()],
                           table_id="ranking-table"))
@@ -310,6 +320,7 @@ def _verdict_section(v: Verdict) -> str:
             rows.append([esc(name) + (' <span class="note">(null control)</span>' if is_null else ""),
                          str(int(r["n_pairs"])), fmt_num(r["mean"], "gap"),
                          esc(_ci_cell(r["ci_low"], r["ci_high"], int(r["n_pairs"]))), _yes_no(r["excludes_zero"]),
+                         _p_cell(r["p"], r["p_holm"]),
                          f"{fmt_num(r['stall_ref'])} → {fmt_num(r['stall_geo'])}",
                          f"{fmt_num(r['flips_ref'], 'sci')} → {fmt_num(r['flips_geo'], 'sci')}",
                          f"{fmt_num(r['cos_ref'])} → {fmt_num(r['cos_geo'])}"]
@@ -318,9 +329,11 @@ def _verdict_section(v: Verdict) -> str:
                    "(Δ final val loss; &lt; 0 = helps)</h3>")
         out.append('<p class="sub">BF16 is the control and is not a row: it has no grid, so its geometry-aware '
                    f"optimizer is AdamW. The {esc(NULL_FORMAT)} row is the null control: on its uniform grid a "
-                   "step-matched geometry-aware step is AdamW's step, so its interval must include 0.</p>")
+                   "step-matched geometry-aware step is AdamW's step, so its interval must include 0. <i>p (Holm)</i>: "
+                   "the paired t-test's p and, in brackets, Holm-adjusted over every row; a gain or loss is called "
+                   "real only when the adjusted p is below 0.05.</p>")
         out.append(table([("arm", True), ("pairs", False), ("mean Δ", False), ("95% CI (t)", True),
-                           ("CI excludes 0", True), ("stall ratio AdamW → geo", False),
+                           ("CI excludes 0", True), ("p (Holm)", False), ("stall ratio AdamW → geo", False),
                            ("flips/step AdamW → geo", False), ("grad cosine AdamW → geo", False)]
                           + ([("lr multiplier AdamW / geo", False)] if multi else []) + [("diverged", True)],
                           rows, row_classes=["flagged" if v.null and v.null["flagged"] and null_key == (r["format"], r["optimizer"])

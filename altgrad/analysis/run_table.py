@@ -14,7 +14,7 @@ figures and the page read that table. Nothing here reads files, plots or formats
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ __all__ = [
     "nanmean",
     "normalize_labels",
     "optimizer_name",
+    "holm",
     "paired",
     "run_table",
     "short_number",
@@ -145,6 +146,20 @@ class Paired:
             return None
         return bool(self.ci_low > 0 or self.ci_high < 0)
 
+    @property
+    def p_value(self) -> float:
+        """Two-sided p of the paired t-test (mean difference 0); NaN with fewer than two pairs.
+        It is below 1 − CONFIDENCE exactly when the interval excludes 0."""
+        if self.n < 2:
+            return math.nan
+        x = np.asarray(list(self.deltas.values()), dtype=float)
+        sd = float(x.std(ddof=1))
+        if sd == 0.0:
+            return 1.0 if self.mean == 0 else 0.0
+        from scipy.stats import t
+
+        return float(2 * t.sf(abs(self.mean) / (sd / math.sqrt(self.n)), self.n - 1))
+
     def ci_text(self, unit: str = "") -> str:
         """``95% CI -0.0120 to +0.0031, 3 seeds``; ``single seed — no CI``; ``no data``."""
         if self.n == 0:
@@ -152,6 +167,18 @@ class Paired:
         if self.n == 1:
             return "single seed — no CI"
         return f"95% CI {self.ci_low:+.4f} to {self.ci_high:+.4f}{unit}, {self.n} seeds"
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (NaN stays NaN and is not counted):
+    a claim whose adjusted p is below 1 − CONFIDENCE holds with that family-wise error rate."""
+    known = sorted((p, i) for i, p in enumerate(p_values) if not is_missing(p) and math.isfinite(p))
+    out = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(known):
+        running = max(running, min(1.0, (len(known) - rank) * p))
+        out[i] = running
+    return out
 
 
 def paired(a: Mapping[int, float], b: Mapping[int, float] | None = None) -> Paired:

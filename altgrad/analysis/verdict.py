@@ -37,9 +37,11 @@ import pandas as pd
 from altgrad.analysis.attribution import Thresholds, attribute_failures, attribute_sites, decompose_sites
 from altgrad.analysis.run_table import (
     BASELINE_FORMAT,
+    CONFIDENCE,
     REFERENCE_OPTIMIZER,
     Paired,
     arm_label,
+    holm,
     is_missing,
     nanmean,
     normalize_labels,
@@ -187,7 +189,8 @@ def rank_formats(runs: pd.DataFrame) -> Ranking:
     multiplier per arm, e.g. :func:`select_lr`'s selection).
 
     One row per format: ``n_seeds, n_completed, n_diverged, diverged (text), mean, ci_low,
-    ci_high, n, values`` (per-seed values of the metric, completed runs), ``seeds``,
+    ci_high, n, p`` (the paired t-test's), ``p_holm`` (Holm-adjusted over the formats: the gap's
+    family), ``values`` (per-seed values of the metric, completed runs), ``seeds``,
     ``diverged_seeds``, ``lr_multiplier`` and ``rank`` (1 = best). Formats with a diverged seed
     rank after those without (more diverged seeds ranks lower), then by mean.
     """
@@ -209,13 +212,15 @@ def rank_formats(runs: pd.DataFrame) -> Ranking:
             "diverged": ", ".join(f"seed {s}: step {'?' if is_missing(d) else int(d)}"
                                   for s, d in zip(div["seed"], div["diverged_at"])),
             "missing_baseline": int(done[metric].isna().sum()), "mean": mean, "ci_low": lo, "ci_high": hi, "n": n,
+            "p": p.p_value,
             "values": [v for _, v in ok], "seeds": [s for s, _ in ok],
             "diverged_seeds": [int(s) for s in div["seed"] if not is_missing(s)],
             "lr_multiplier": float(g["lr_multiplier"].iloc[0]),
         })
     table = pd.DataFrame(rows, columns=["format", "optimizer", "n_seeds", "n_completed", "n_diverged", "diverged",
-                                        "missing_baseline", "mean", "ci_low", "ci_high", "n", "values", "seeds",
+                                        "missing_baseline", "mean", "ci_low", "ci_high", "n", "p", "values", "seeds",
                                         "diverged_seeds", "lr_multiplier"])
+    table["p_holm"] = holm(list(table["p"])) if metric == "gap_to_bf16" else math.nan
     if len(table):
         key = pd.DataFrame({"div": table["n_diverged"] / table["n_seeds"], "nan": table["mean"].isna(),
                             "mean": table["mean"].fillna(np.inf)})
@@ -237,13 +242,15 @@ def optimizer_effects(runs: pd.DataFrame) -> pd.DataFrame:
     is no effect to measure (its ManifoldAdamW is AdamW).
 
     Columns: format, master_weights, tag, optimizer, lr_ref, lr_geo, n_pairs (both completed),
-    mean, ci_low, ci_high, excludes_zero (None with one pair), deltas ({seed: Δ}), seeds,
+    mean, ci_low, ci_high, excludes_zero (None with one pair), p (the paired t-test's), p_holm
+    (Holm-adjusted over every row: the family of effects the verdict makes claims from) and
+    established (p_holm < 1 − CONFIDENCE), deltas ({seed: Δ}), seeds,
     diverged_geo / diverged_ref (seeds whose run diverged on that side), calibration (of the
     geometry-aware runs), and the diagnostics of both sides over the paired seeds:
     stall_ref/stall_geo, flips_ref/flips_geo, cos_ref/cos_geo.
     """
     cols = ["format", "master_weights", "tag", "optimizer", "lr_ref", "lr_geo", "n_pairs", "mean", "ci_low", "ci_high",
-            "excludes_zero", "deltas", "seeds", "diverged_geo", "diverged_ref", "calibration", "stall_ref",
+            "excludes_zero", "p", "deltas", "seeds", "diverged_geo", "diverged_ref", "calibration", "stall_ref",
             "stall_geo", "flips_ref", "flips_geo", "cos_ref", "cos_geo"]
     rows = []
     quant = runs[(runs["format"] != BASELINE_FORMAT) & (runs["site"] == "all")]
@@ -269,11 +276,14 @@ def optimizer_effects(runs: pd.DataFrame) -> pd.DataFrame:
             rows.append({"format": fmt, "master_weights": mw, "tag": None if is_missing(tag) else tag, "optimizer": opt,
                          "lr_ref": float(ref["lr_multiplier"].iloc[0]), "lr_geo": float(geo["lr_multiplier"].iloc[0]),
                          "n_pairs": p.n, "mean": p.mean, "ci_low": p.ci_low, "ci_high": p.ci_high,
-                         "excludes_zero": p.excludes_zero, "deltas": p.deltas, "seeds": list(p.deltas),
+                         "excludes_zero": p.excludes_zero, "p": p.p_value, "deltas": p.deltas, "seeds": list(p.deltas),
                          "diverged_geo": [int(r["seed"]) for _, r in pairs if r["status"] == "diverged"],
                          "diverged_ref": [int(b["seed"]) for b, _ in pairs if b["status"] == "diverged"],
                          "calibration": ", ".join(map(str, cal)) or None, **diag})
-    return pd.DataFrame(rows, columns=cols)
+    effects = pd.DataFrame(rows, columns=cols)
+    effects["p_holm"] = holm(list(effects["p"]))
+    effects["established"] = effects["p_holm"] < 1 - CONFIDENCE
+    return effects
 
 
 def _effect_name(r: Mapping[str, Any]) -> str:
@@ -389,14 +399,20 @@ def _ranking_line(rk: Ranking) -> tuple[tuple[str, str] | None, str | None]:
         text += f" All point estimates: {points}."
     if rk.metric == "gap_to_bf16":
         known = t[t["n"] >= 2]
-        below = [f"{r['format']} {r['mean']:+.4f}" for _, r in known.iterrows() if r["ci_high"] < 0]
-        above = [f"{r['format']} {r['mean']:+.4f}" for _, r in known.iterrows() if r["ci_low"] > 0]
+        held = known["p_holm"] < 1 - CONFIDENCE
+        below = [f"{r['format']} {r['mean']:+.4f}" for (_, r), h in zip(known.iterrows(), held) if h and r["mean"] < 0]
+        above = [f"{r['format']} {r['mean']:+.4f}" for (_, r), h in zip(known.iterrows(), held) if h and r["mean"] > 0]
+        alone = [f"{r['format']} {r['mean']:+.4f} (p {r['p']:.3f}, Holm {r['p_holm']:.2f})"
+                 for (_, r), h in zip(known.iterrows(), held) if not h and (r["ci_high"] < 0 or r["ci_low"] > 0)]
+        family = f"Holm's correction over the {len(known)} formats"
         if below or above:
-            text += (" Gap to BF16 established (its own CI excludes 0): "
+            text += (f" Gap to BF16 established (its own CI excludes 0, and {family} keeps it): "
                      + "; ".join(([f"better than BF16: {', '.join(below)}"] if below else [])
                                  + ([f"worse than BF16: {', '.join(above)}"] if above else [])) + ".")
         else:
-            text += " No format's own gap to BF16 excludes 0."
+            text += f" No format's gap to BF16 is established after {family}."
+        if alone:
+            text += f" Its own CI excludes 0, but not after {family}: {', '.join(alone)}."
     return ("Which format wins", text), winner
 
 
@@ -424,14 +440,19 @@ def _effects_line(effects: pd.DataFrame) -> str:
     s = ("Δ final val loss vs AdamW, same quantized format and seed (< 0 helps; BF16 is the control and is left out"
          + ("; 95% CI in brackets" if any_ci else "") + "): "
          + "; ".join(_effect_item(r) for _, r in order.iterrows()) + ".")
-    helps = [_effect_name(r) for _, r in measured.iterrows() if r["excludes_zero"] and r["mean"] < 0]
-    hurts = [_effect_name(r) for _, r in measured.iterrows() if r["excludes_zero"] and r["mean"] > 0]
+    helps = [_effect_name(r) for _, r in measured.iterrows() if r["established"] and r["mean"] < 0]
+    hurts = [_effect_name(r) for _, r in measured.iterrows() if r["established"] and r["mean"] > 0]
+    alone = [f"{_effect_name(r)} (p {r['p']:.3f}, Holm {r['p_holm']:.2f})" for _, r in measured.iterrows()
+             if r["excludes_zero"] and not r["established"]]
+    family = f"Holm's correction over the {int(measured['p'].notna().sum())} comparisons"
     single = [r for _, r in measured.iterrows() if r["n_pairs"] == 1]
     if any_ci:
-        s += (f" The CI excludes 0 — a real gain — for: {', '.join(helps)}." if helps else
-              " No gain is established: no CI of a negative Δ excludes 0.")
+        s += (f" A real gain (CI excludes 0, and {family} keeps it) for: {', '.join(helps)}." if helps else
+              f" No gain is established: no negative Δ excludes 0 after {family}.")
         if hurts:
-            s += f" A real loss (CI excludes 0) for: {', '.join(hurts)}."
+            s += f" A real loss (CI excludes 0, and {family} keeps it) for: {', '.join(hurts)}."
+        if alone:
+            s += f" The CI excludes 0 alone, but not after {family}: {', '.join(alone)}."
     if single:
         s += (" Every comparison rests on one seed — no CI, so none is established." if len(single) == len(measured)
               else f" {len(single)} comparison(s) rest on one seed — no CI.")
@@ -451,9 +472,11 @@ def _benefit_line(effects: pd.DataFrame, opt: str, th: Thresholds, null_flagged:
         return (f"no format is named ({NO_CI}). Point estimates of Δ vs AdamW (best first): "
                 f"{points}." + diag + caveat), None
     own = f"Δ {top['mean']:+.4f} nats (95% CI {top['ci_low']:+.4f} to {top['ci_high']:+.4f}, {int(top['n_pairs'])} seeds)"
-    if not (top["excludes_zero"] and top["mean"] < 0):
+    if not (top["established"] and top["mean"] < 0):
+        why = ("has a CI that includes 0 or lies above it" if not (top["excludes_zero"] and top["mean"] < 0) else
+               f"excludes 0 alone (p {top['p']:.3f}) but not after Holm's correction over the effects (p {top['p_holm']:.2f})")
         return (f"no format's gain from {name} is established: the best point estimate, {_effect_name(top)} {own}, "
-                f"has a CI that includes 0 or lies above it. All (best first): {points}." + diag + caveat), None
+                f"{why}. All (best first): {points}." + diag + caveat), None
     if len(cand) == 1:
         return (f"{top['format']} gains from {name}: {own}, excluding 0; it is the only quantized format measured, "
                 f"so \"most\" is not a comparison." + diag + caveat), None
