@@ -30,7 +30,7 @@ from altgrad.analysis.scaling_page import render_page, render_section, scaling_f
 from altgrad.analysis.scaling_study import chinchilla_frame, collect_points, fit_sweep, fits_frame
 from altgrad.analysis.verdict import build_verdict
 from altgrad.errors import AltgradError
-from altgrad.experiment.calibration import CALIBRATION_FILE, load_calibration
+from altgrad.experiment.calibration import CALIBRATION_FILE, read_calibration
 from altgrad.experiment.pricing import get_device, price_run
 from altgrad.files import atomic_open, atomic_write
 from altgrad.training.config import RunConfig
@@ -73,7 +73,7 @@ def build_report(
     meta = json.loads(Path(corpus_meta).read_text()) if corpus_meta is not None else None
     vocab = int(meta["vocab_size"]) if meta else GPT2_VOCAB_SIZE
     dev = get_device(device, peak_flops=peak_flops)
-    calib = load_calibration(calibration) if calibration is not None and Path(calibration).exists() else None
+    calib = read_calibration(calibration)
     calib = calib if calib is not None and calib.device == dev.name else None  # another device's: not this plan's
     configs = {Path(p).parent.name: RunConfig.from_yaml(p) for p in run_configs}
     planned = [price_run(rid, cfg, data_vocab_size=vocab, device=dev, mfu=mfu, price=price, calibration=calib)

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from altgrad.errors import AltgradError
-from altgrad.experiment.pricing import eng
+from altgrad.experiment.pricing import eng, run_shape
 from altgrad.scaling_laws import (
     DEFAULT_BUDGETS,
     Fit,
@@ -57,7 +57,7 @@ from altgrad.scaling_laws import (
     unphysical_reason,
 )
 from altgrad.training.config import RunConfig
-from altgrad.training.flops import ModelShape, flops_per_token, param_counts, size_flops_relation
+from altgrad.training.flops import flops_per_token, param_counts, size_flops_relation
 
 __all__ = [
     "BASELINE",
@@ -99,8 +99,7 @@ def collect_points(run_dirs: Sequence[str | os.PathLike]) -> pd.DataFrame:
         if labels.get("budget") is None or cfg.model.vocab_size is None:
             raise AltgradError(f"{run_dir} is not a run of the scaling sweep (its run.json has no budget)")
         m, t = cfg.model, cfg.train
-        shape = ModelShape(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size,
-                           vocab_size=m.vocab_size, bias=m.bias)
+        shape = run_shape(cfg, m.vocab_size)
         total, nonembed = param_counts(shape)
         tokens_per_step = t.batch_size * t.grad_accum * m.block_size
         fpt = flops_per_token(shape)

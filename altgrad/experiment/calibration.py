@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from altgrad.training.config import RunConfig, TrainConfig
 
 __all__ = ["CALIBRATION_FILE", "CALIBRATION_VERSION", "Calibration", "KindTiming", "RunEvents", "kind_key",
-           "kind_runs", "load_calibration", "run_events"]
+           "kind_runs", "load_calibration", "read_calibration", "run_events"]
 
 CALIBRATION_FILE = "results/calibration.json"  # relative to the workflow directory
 CALIBRATION_VERSION = 1
@@ -201,6 +201,12 @@ def load_calibration(path: str | Path) -> Calibration:
         raise AltgradError(f"calibration file {path} is unreadable ({e.strerror or e}); {RECREATE}") from None
     except (ValueError, TypeError, AttributeError) as e:
         raise AltgradError(f"calibration file {path} is corrupt ({' '.join(str(e).split())}); {RECREATE}") from None
+
+
+def read_calibration(path: str | Path | None) -> Calibration | None:
+    """The calibration file at ``path`` if there is one (None: no path given, or not made yet);
+    a damaged file is :func:`load_calibration`'s error."""
+    return load_calibration(path) if path is not None and Path(path).exists() else None
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from altgrad.experiment.config import (
     schema_problems,
     with_defaults,
 )
-from altgrad.experiment.calibration import CALIBRATION_FILE, Calibration, load_calibration
+from altgrad.experiment.calibration import CALIBRATION_FILE, Calibration, read_calibration
 from altgrad.experiment.pricing import (
     MEASURED,
     REFERENCE_RELATIVE,
@@ -332,7 +332,7 @@ def load_experiment(
     if problems:
         raise ExperimentError(list(dict.fromkeys(problems)), source)
     corpus["compact_vocab"] = bool(corpus["compact_vocab"])
-    calib = load_calibration(calibration) if calibration is not None and Path(calibration).exists() else None
+    calib = read_calibration(calibration)
     return Experiment(corpus=corpus, runs=runs, budget=dict(c["budget"]), config=c, meta=meta,
                       sweep_runs=sweep_runs, sweep_points=sweep_points, calibration=calib)
 

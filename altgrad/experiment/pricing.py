@@ -601,7 +601,6 @@ def _quant_ops(fmt: str | None, rounding: str) -> int:
 
 @functools.cache
 def _reference(path: str) -> Any:
-
     return load_calibration(path)
 
 
